@@ -1,0 +1,96 @@
+"""Stein variational gradient descent directions for the RBF kernel (4.2, 4.3).
+
+``svgd_direction`` is the empirical optimal perturbation (4.10) used to move
+decoder samples (4.11) and latent codes (4.12):
+``phi(x_n) = 1/M sum_m [k(x_m, x_n) s_m + grad_{x_m} k(x_m, x_n)]``.
+For ``k = exp(-|x - y|^2 / h)`` the repulsive term is
+``2/h sum_m k(x_m, x_n) (x_n - x_m)``, so the whole direction is two matrix
+products (no O(M^2) autodiff). ``weighted_svgd_direction`` is the
+importance-weighted direction of the Stein VIWAE (4.39), (4.42) with
+self-normalized weights (4.40), (4.43). Particles carry a leading axis [M, ...];
+all functions are vmappable over further leading batch axes, and
+``tree_svgd_direction`` handles pytree particles (decoder parameters theta).
+"""
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from dgm_jax import kernels
+
+__all__ = [
+    "svgd_direction",
+    "weighted_svgd_direction",
+    "tree_svgd_direction",
+]
+
+
+def svgd_direction(particles, scores, bandwidth=None,
+                   convention="liu_wang"):
+  """SVGD direction (4.11)/(4.12) in closed form for the RBF kernel.
+
+  Args:
+    particles: [M, D] samples x_m.
+    scores: [M, D] grad_x log p(x_m) at each particle.
+    bandwidth: kernel bandwidth h; None uses the median heuristic.
+    convention: median convention when ``bandwidth`` is None.
+
+  Returns:
+    [M, D] direction phi(x_n). With M = 1 it is the score itself.
+  """
+  num_particles = particles.shape[0]
+  log_weights = jnp.zeros((num_particles,), particles.dtype)
+  return weighted_svgd_direction(particles, scores, log_weights, bandwidth,
+                                 convention)
+
+
+def weighted_svgd_direction(particles, scores, log_weights, bandwidth=None,
+                            convention="liu_wang"):
+  """Importance-weighted SVGD direction (4.39)/(4.42).
+
+  ``phi(x_n) = sum_m w_m [k(x_m, x_n) s_m + grad_{x_m} k(x_m, x_n)]`` with
+  ``w = softmax(log_weights)``; uniform log-weights give :func:`svgd_direction`.
+
+  Args:
+    particles: [M, D].
+    scores: [M, D].
+    log_weights: [M] unnormalized log importance weights (gradients stopped).
+    bandwidth: kernel bandwidth h; None uses the median heuristic.
+    convention: median convention when ``bandwidth`` is None.
+
+  Returns:
+    [M, D] direction.
+  """
+  if bandwidth is None:
+    bandwidth = kernels.median_bandwidth(particles, convention)
+  weights = jax.nn.softmax(jax.lax.stop_gradient(log_weights))
+  gram = kernels.rbf_kernel(particles, particles, bandwidth)  # symmetric [M, M]
+  weighted_gram = gram * weights[None, :]  # [n, m] -> k(x_m, x_n) w_m
+  driving = weighted_gram @ scores
+  repulsive = (jnp.sum(weighted_gram, axis=1, keepdims=True) * particles
+               - weighted_gram @ particles) * (2.0 / bandwidth)
+  return driving + repulsive
+
+
+def tree_svgd_direction(particles, scores, bandwidth=None,
+                        convention="liu_wang"):
+  """SVGD direction for pytree particles whose leaves share a leading axis M.
+
+  The kernel acts on the flattened, concatenated leaves, as for decoder
+  samples theta in (4.11).
+
+  Args:
+    particles: pytree of [M, ...] arrays.
+    scores: pytree of the same structure, the gradients of log p.
+    bandwidth: kernel bandwidth h; None uses the median heuristic.
+    convention: median convention when ``bandwidth`` is None.
+
+  Returns:
+    A pytree like ``particles``.
+  """
+  flatten = jax.vmap(lambda tree: ravel_pytree(tree)[0])
+  flat_particles = flatten(particles)
+  flat_scores = flatten(scores)
+  direction = svgd_direction(flat_particles, flat_scores, bandwidth, convention)
+  unravel = ravel_pytree(jax.tree_util.tree_map(lambda leaf: leaf[0], particles))[1]
+  return jax.vmap(unravel)(direction)

@@ -1,0 +1,124 @@
+"""RBF kernel, distances and median bandwidths against numpy/scipy."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.spatial.distance
+import scipy.stats
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from dgm_jax import kernels
+
+# Property tests call jitted functions (eager tracing is slow); jit == eager is tested below.
+median_bandwidth = jax.jit(kernels.median_bandwidth, static_argnames="convention")
+fast_median = jax.jit(kernels.fast_median)
+
+finite = lambda lo, hi: st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+SHAPES = st.sampled_from([(1, 2), (5, 3), (8, 2)])
+
+
+@st.composite
+def particles(draw, shapes=SHAPES, lo=-10.0, hi=10.0):
+  return draw(hnp.arrays(np.float64, draw(shapes), elements=finite(lo, hi)))
+
+
+class TestPairwiseSqDists:
+
+  @given(particles(), particles(shapes=st.sampled_from([(4, 3)])))
+  def test_matches_scipy(self, x, y):
+    y = y[:, : x.shape[1]]
+    expected = scipy.spatial.distance.cdist(x, y, "sqeuclidean")
+    np.testing.assert_allclose(kernels.pairwise_sq_dists(x, y), expected, rtol=1e-9, atol=1e-9)
+
+  def test_clipped_at_zero_for_identical_rows(self):
+    x = jnp.full((4, 3), 1e4 / 3.0)
+    assert np.all(np.asarray(kernels.pairwise_sq_dists(x, x)) >= 0.0)
+
+
+class TestRBFKernel:
+
+  @given(particles(), finite(0.1, 50.0))
+  def test_symmetric_unit_diagonal_psd(self, x, bandwidth):
+    gram = np.asarray(kernels.rbf_kernel(x, x, bandwidth))
+    np.testing.assert_allclose(gram, gram.T, atol=1e-12)
+    np.testing.assert_allclose(np.diag(gram), 1.0, atol=1e-9)
+    assert np.linalg.eigvalsh(gram).min() >= -1e-8
+
+  @given(particles(), hnp.arrays(np.float64, (3,), elements=finite(-100.0, 100.0)),
+         st.integers(0, 2**31 - 1), finite(0.1, 50.0))
+  def test_invariant_to_translation_and_rotation(self, x, shift, seed, bandwidth):
+    dim = x.shape[1]
+    rotation, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(dim, dim)))
+    moved = x @ rotation.T + shift[:dim]
+    np.testing.assert_allclose(kernels.rbf_kernel(moved, moved, bandwidth),
+                               kernels.rbf_kernel(x, x, bandwidth), atol=1e-7)
+
+  @given(particles(), finite(0.1, 50.0))
+  def test_matches_direct_formula(self, x, bandwidth):
+    diffs = x[:, None, :] - x[None, :, :]
+    expected = np.exp(-np.sum(diffs**2, -1) / bandwidth)
+    np.testing.assert_allclose(kernels.rbf_kernel(x, x, bandwidth), expected, atol=1e-9)
+
+
+class TestMedianBandwidth:
+
+  @given(particles(shapes=st.sampled_from([(5, 3), (8, 2), (9, 4)])))
+  def test_conventions_match_numpy(self, x):
+    m = x.shape[0]
+    sq = scipy.spatial.distance.cdist(x, x, "sqeuclidean")
+    off = sq[~np.eye(m, dtype=bool)]
+    expected = {
+        "liu_wang": np.median(sq) / math.log(m + 1),
+        "paper": np.median(np.sqrt(off)) ** 2 / math.log(m),
+        "median": np.median(off),
+    }
+    for convention, value in expected.items():
+      got = median_bandwidth(x, convention)
+      if value > 1e-9:
+        np.testing.assert_allclose(got, value, rtol=1e-6, err_msg=convention)
+      else:
+        assert got == 1.0
+
+  @pytest.mark.parametrize("convention", kernels.BANDWIDTH_CONVENTIONS)
+  def test_one_particle_and_identical_particles(self, convention):
+    for x in (jnp.ones((1, 4)), jnp.full((6, 4), 3.0)):
+      h = median_bandwidth(x, convention)
+      assert np.isfinite(h) and h > 0
+
+  def test_unknown_convention_is_a_clear_error(self):
+    with pytest.raises(ValueError, match="liu_wang"):
+      kernels.median_bandwidth(jnp.ones((3, 2)), "silverman")
+
+  def test_gradient_is_stopped(self):
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 2))
+    grad = jax.grad(lambda p: median_bandwidth(p))(x)
+    np.testing.assert_array_equal(grad, 0.0)
+
+
+class TestFastMedian:
+
+  @given(hnp.arrays(np.float64, st.sampled_from([(1,), (2,), (7,), (10,), (64,)]),
+                    elements=finite(-1e6, 1e6)))
+  def test_matches_numpy_median(self, values):
+    np.testing.assert_allclose(fast_median(values), np.median(values), rtol=1e-12, atol=1e-12)
+
+  @given(hnp.arrays(np.float64, (12,), elements=st.sampled_from([0.0, 1.0, 2.5])))
+  def test_ties(self, values):
+    np.testing.assert_allclose(fast_median(values), np.median(values))
+
+  def test_float32_large_array(self):
+    values = jax.random.exponential(jax.random.PRNGKey(3), (10000,), dtype=jnp.float32)
+    np.testing.assert_allclose(fast_median(values), np.median(np.asarray(values)), rtol=1e-6)
+
+
+def test_jit_and_vmap_equal_eager():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 2))
+  for convention in kernels.BANDWIDTH_CONVENTIONS:
+    fn = lambda p: kernels.median_bandwidth(p, convention)
+    with jax.disable_jit():
+      eager = np.array([fn(p) for p in x])
+    np.testing.assert_allclose(jax.jit(jax.vmap(fn))(x), eager, rtol=1e-12)

@@ -1,0 +1,157 @@
+"""Likelihoods against scipy.stats and numerical integration."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.stats
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from dgm_jax import likelihoods as lk
+
+SHAPES = st.sampled_from([(3,), (2, 5)])
+finite = lambda lo, hi: st.floats(lo, hi, allow_nan=False, allow_infinity=False)
+
+
+def arrays(shape, lo, hi):
+  return hnp.arrays(np.float64, shape, elements=finite(lo, hi))
+
+
+@st.composite
+def triples(draw, lo=-5.0, hi=5.0, scale_lo=-3.0, scale_hi=2.0):
+  shape = draw(SHAPES)
+  return (draw(arrays(shape, lo, hi)), draw(arrays(shape, lo, hi)),
+          draw(arrays(shape, scale_lo, scale_hi)))
+
+
+class TestBernoulli:
+
+  @given(st.data())
+  def test_matches_scipy(self, data):
+    shape = data.draw(SHAPES)
+    logits = data.draw(arrays(shape, -30.0, 30.0))
+    x = data.draw(hnp.arrays(np.float64, shape, elements=st.sampled_from([0.0, 1.0])))
+    # scipy's logpmf loses digits in 1 - expit(20); log_expit is exact in both tails.
+    expected = np.where(x == 1.0, scipy.special.log_expit(logits), scipy.special.log_expit(-logits))
+    np.testing.assert_allclose(lk.bernoulli_log_prob(x, logits), expected, rtol=1e-9, atol=1e-12)
+
+  def test_finite_at_huge_logits(self):
+    logits = jnp.array([-1e4, 1e4, -1e4, 1e4])
+    x = jnp.array([0.0, 1.0, 1.0, 0.0])
+    out = lk.bernoulli_log_prob(x, logits)
+    np.testing.assert_allclose(out, [0.0, 0.0, -1e4, -1e4])
+
+
+class TestGaussian:
+
+  @given(triples())
+  def test_matches_scipy(self, args):
+    x, mean, log_var = args
+    expected = scipy.stats.norm.logpdf(x, mean, np.exp(0.5 * log_var))
+    np.testing.assert_allclose(lk.gaussian_log_prob(x, mean, log_var), expected, rtol=1e-10)
+
+
+class TestLaplace:
+
+  @given(triples())
+  def test_matches_scipy(self, args):
+    x, loc, log_scale = args
+    expected = scipy.stats.laplace.logpdf(x, loc, np.exp(log_scale))
+    np.testing.assert_allclose(lk.laplace_log_prob(x, loc, log_scale), expected, rtol=1e-10)
+
+
+class TestPoisson:
+
+  @given(st.data())
+  def test_matches_scipy(self, data):
+    shape = data.draw(SHAPES)
+    counts = data.draw(hnp.arrays(np.int64, shape, elements=st.integers(0, 200)))
+    log_rate = data.draw(arrays(shape, -4.0, 5.0))
+    expected = scipy.stats.poisson.logpmf(counts, np.exp(log_rate))
+    np.testing.assert_allclose(lk.poisson_log_prob(counts.astype(np.float64), log_rate),
+                               expected, rtol=1e-9, atol=1e-9)
+
+  @given(finite(-3.0, 4.0))
+  def test_sums_to_one(self, log_rate):
+    counts = jnp.arange(1000.0)
+    total = jax.scipy.special.logsumexp(lk.poisson_log_prob(counts, log_rate))
+    np.testing.assert_allclose(total, 0.0, atol=1e-10)
+
+
+class TestCategorical:
+
+  @given(st.data())
+  def test_matches_numpy(self, data):
+    logits = data.draw(arrays((4, 6), -50.0, 50.0))
+    labels = data.draw(hnp.arrays(np.int32, (4,), elements=st.integers(0, 5)))
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    np.testing.assert_allclose(lk.categorical_log_prob(labels, logits),
+                               log_probs[np.arange(4), labels], rtol=1e-10, atol=1e-10)
+
+
+class TestKL:
+
+  @given(finite(-3.0, 3.0), finite(-3.0, 2.0))
+  def test_matches_quadrature(self, mean, log_var):
+    std = np.exp(0.5 * log_var)
+    q = scipy.stats.norm(mean, std)
+    integrand = lambda z: q.pdf(z) * (q.logpdf(z) - scipy.stats.norm.logpdf(z))
+    expected, _ = scipy.integrate.quad(integrand, mean - 12 * std, mean + 12 * std,
+                                       epsabs=1e-12, limit=200)
+    np.testing.assert_allclose(lk.kl_diag_gaussian_std_normal(mean, log_var), expected,
+                               rtol=1e-6, atol=1e-9)
+
+
+DISCRETIZED = {
+    "logistic": (lk.discretized_logistic_log_prob, scipy.stats.logistic),
+    "gaussian": (lk.discretized_gaussian_log_prob, scipy.stats.norm),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DISCRETIZED))
+class TestDiscretized:
+
+  @given(mean=finite(-0.5, 1.5), log_scale=finite(-8.0, 1.0))
+  def test_sums_to_one_over_256_bins(self, name, mean, log_scale):
+    fn, _ = DISCRETIZED[name]
+    pixels = jnp.arange(256.0) / 255.0
+    total = jax.scipy.special.logsumexp(fn(pixels, mean, log_scale))
+    np.testing.assert_allclose(total, 0.0, atol=1e-9)
+
+  @given(mean=finite(-0.5, 1.5), log_scale=finite(-5.0, 1.0))
+  def test_bins_match_scipy_cdf(self, name, mean, log_scale):
+    fn, dist = DISCRETIZED[name]
+    k = np.arange(256.0)
+    scale = np.exp(log_scale)
+    upper = np.where(k == 255, np.inf, (k + 1) / 256)
+    lower = np.where(k == 0, -np.inf, k / 256)
+    # The survival function keeps precision in the upper tail.
+    probs = dist.sf(lower, mean, scale) - dist.sf(upper, mean, scale)
+    probs = np.where(mean > 0.5, probs, dist.cdf(upper, mean, scale) - dist.cdf(lower, mean, scale))
+    got = np.exp(np.asarray(fn(k / 255.0, mean, log_scale)))
+    np.testing.assert_allclose(got, probs, rtol=1e-6, atol=1e-14)
+
+  def test_sharp_distribution_is_finite_with_finite_grads(self, name):
+    fn, _ = DISCRETIZED[name]
+    pixels = jnp.array([0.0, 10 / 255, 128 / 255, 1.0])
+    value, grads = jax.value_and_grad(lambda m, s: fn(pixels, m, s).sum(), argnums=(0, 1))(
+        jnp.full(4, 0.999), jnp.full(4, -12.0))
+    assert np.all(np.isfinite(value)) and all(np.all(np.isfinite(g)) for g in grads)
+    # The bin that holds the mean carries all the mass.
+    np.testing.assert_allclose(fn(jnp.array(1.0), 0.999, -12.0), 0.0, atol=1e-12)
+
+
+def test_jit_equals_eager():
+  key = jax.random.PRNGKey(0)
+  x = jax.random.uniform(key, (7,))
+  m = jax.random.normal(jax.random.PRNGKey(1), (7,))
+  s = jax.random.normal(jax.random.PRNGKey(2), (7,))
+  for fn in (lk.bernoulli_log_prob, lambda a, b: lk.gaussian_log_prob(a, b, s),
+             lambda a, b: lk.discretized_logistic_log_prob(a, b, s),
+             lambda a, b: lk.discretized_gaussian_log_prob(a, b, s),
+             lambda a, b: lk.laplace_log_prob(a, b, s), lk.poisson_log_prob,
+             lk.kl_diag_gaussian_std_normal):
+    np.testing.assert_allclose(jax.jit(fn)(x, m), fn(x, m), rtol=1e-12)
