@@ -1,0 +1,1 @@
+"""Evaluation: importance-sampled likelihoods, image grids and sample scores."""

@@ -1,0 +1,85 @@
+"""The interface between a method and the one training loop (DESIGN section 4).
+
+A method is a bundle of pure functions closed over its config; the loop jits
+them once, shards them over the mesh, checkpoints the ``TrainState`` they
+produce and evaluates through the same bundle, whatever the method.
+"""
+
+from typing import Callable, NamedTuple, Optional
+
+import optax
+
+__all__ = ["Method", "DataSpec", "make_optimizer"]
+
+
+class DataSpec(NamedTuple):
+  """What a method needs to know about its data (not the arrays themselves).
+
+  Attributes:
+    shape: per-example shape, e.g. (28, 28, 1).
+    kind: the dataset kind ('grayscale8', 'continuous', ...).
+    num_train: size of the training split.
+    num_classes: number of label classes, or None.
+  """
+
+  shape: tuple
+  kind: str
+  num_train: int
+  num_classes: Optional[int] = None
+
+
+class Method(NamedTuple):
+  """Pure functions of one method.
+
+  Attributes:
+    name: e.g. 'vae'.
+    init: ``(key, batch) -> TrainState``.
+    train_step: ``(state, batch, key) -> (state, metrics)``; metrics a flat dict of scalars.
+    eval_step: ``(params, batch, key) -> {name: [B]}`` per-example metrics.
+    log_likelihood: ``(params, batch, key, num_samples) -> [B]`` importance-sampled log p(x).
+    sample: ``(params, key, num) -> [num, *shape]`` images in [0, 1].
+    reconstruct: ``(params, batch, key) -> [B, *shape]`` in [0, 1].
+    encoder_mean: ``(params, batch) -> [B, D]`` E_q[z | x], or None.
+  """
+
+  name: str
+  init: Callable
+  train_step: Callable
+  eval_step: Callable
+  log_likelihood: Callable
+  sample: Callable
+  reconstruct: Callable
+  encoder_mean: Optional[Callable] = None
+
+
+def make_optimizer(section, num_steps, steps_per_epoch):
+  """Adam with the learning-rate schedule named in a method's config section.
+
+  Schedules: ``constant``; ``geometric`` (decays from ``learning_rate`` to
+  ``learning_rate * final_lr_fraction`` over the run); ``burda`` (Burda et al.
+  2016: stage i lasts 3^i epochs at ``learning_rate * 10^(-i/7)``, i = 0..7).
+
+  Args:
+    section: a config section with ``learning_rate``, ``lr_schedule``,
+      ``final_lr_fraction``, ``adam_b1``, ``adam_b2``, ``adam_eps``.
+    num_steps: total train steps.
+    steps_per_epoch: steps in one pass over the training split.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+  """
+  lr = section.learning_rate
+  if section.lr_schedule == "constant":
+    schedule = optax.constant_schedule(lr)
+  elif section.lr_schedule == "geometric":
+    schedule = optax.exponential_decay(lr, max(num_steps, 1), section.final_lr_fraction)
+  elif section.lr_schedule == "burda":
+    boundaries, total = {}, 0
+    for stage in range(7):
+      total += 3**stage * steps_per_epoch
+      boundaries[total] = 10.0 ** (-1.0 / 7.0)
+    schedule = optax.piecewise_constant_schedule(lr, boundaries)
+  else:
+    raise ValueError(f"unknown lr_schedule {section.lr_schedule!r}; "
+                     "choose constant, geometric or burda")
+  return optax.adam(schedule, b1=section.adam_b1, b2=section.adam_b2, eps=section.adam_eps)

@@ -1,0 +1,1 @@
+"""Flax linen modules: networks only (no losses, no optimizers)."""

@@ -1,0 +1,45 @@
+"""Orbax checkpoints of the train state under ``<workdir>/checkpoints``.
+
+Restoring goes through the abstract state from ``jax.eval_shape(init)``
+(shapes, dtypes and target shardings), so a resumed run gets arrays laid out
+on the mesh exactly like a fresh one.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+__all__ = ["Checkpointer"]
+
+
+class Checkpointer:
+  """Saves and restores ``TrainState`` pytrees by step number."""
+
+  def __init__(self, workdir, max_to_keep=2):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False))
+
+  def latest_step(self):
+    """The newest saved step, or None."""
+    return self._manager.latest_step()
+
+  def save(self, state):
+    """Saves ``state`` under its own step number (no-op if already saved)."""
+    step = int(jax.device_get(state.step))
+    if self._manager.latest_step() == step:
+      return step
+    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._manager.wait_until_finished()
+    return step
+
+  def restore(self, abstract_state, step=None):
+    """Restores into the shapes and shardings of ``abstract_state``."""
+    step = self.latest_step() if step is None else step
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def close(self):
+    self._manager.close()

@@ -1,0 +1,51 @@
+"""Validation of a resolved config before any data is read or step compiled.
+
+Every problem found is reported in one ``ConfigError`` naming the key, the
+value and what would fix it (DESIGN section 7).
+"""
+
+from dgm_jax.data import registry
+from dgm_jax.train.guards import ConfigError
+
+__all__ = ["validate", "REQUIRED_KEYS"]
+
+REQUIRED_KEYS = (
+    "seed", "data.name", "data.data_dir", "data.batch_size", "train.num_steps",
+    "train.log_every", "train.eval_every", "train.ckpt_every",
+    "eval.num_importance_samples", "eval.batch_size",
+)
+_POSITIVE_INTS = ("data.batch_size", "train.num_steps", "train.log_every", "train.eval_every",
+                  "train.ckpt_every", "eval.num_importance_samples", "eval.batch_size")
+
+
+def validate(config, method_name):
+  """Raises ConfigError listing every problem of ``config`` for ``method_name``."""
+  problems = []
+  for key in REQUIRED_KEYS:
+    if _lookup(config, key) is _MISSING:
+      problems.append(f"missing key {key}")
+  if method_name not in config:
+    problems.append(f"the config has no '{method_name}' section for this method "
+                    f"(sections: {', '.join(k for k in config.keys())})")
+  for key in _POSITIVE_INTS:
+    value = _lookup(config, key)
+    if value is not _MISSING and (not isinstance(value, int) or value < 1):
+      problems.append(f"{key}={value!r} must be a positive integer")
+  name = _lookup(config, "data.name")
+  if name is not _MISSING and name not in registry.available():
+    problems.append(f"data.name={name!r} is not a known data set; available: "
+                    f"{', '.join(registry.available())}")
+  if problems:
+    raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+_MISSING = object()
+
+
+def _lookup(config, dotted):
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      return _MISSING
+    node = node[part]
+  return node

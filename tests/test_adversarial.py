@@ -1,0 +1,302 @@
+"""Property tests of dgm_jax.adversarial against independent truths."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy import special, stats
+from scipy.spatial import distance
+
+from dgm_jax import adversarial
+
+BATCH = 8
+SUPPORT = 6
+
+logits = hnp.arrays(np.float64, (BATCH,),
+                    elements=st.floats(-30.0, 30.0, allow_subnormal=False))
+values = hnp.arrays(np.float64, (BATCH,),
+                    elements=st.floats(-1e3, 1e3, allow_subnormal=False))
+probabilities = hnp.arrays(np.float64, (SUPPORT,),
+                           elements=st.floats(0.01, 1.0)).map(lambda p: p / p.sum())
+
+
+def _expected_loss(f, p_real, p_fake):
+  """E_{i~p_real, j~p_fake} discriminator_loss(f_i, f_j), exact on the support."""
+  pair_losses = adversarial.discriminator_loss(f[:, None], f[None, :])
+  return p_real @ pair_losses @ p_fake
+
+
+class TestDiscriminatorLoss:
+
+  @given(logits, logits)
+  def test_matches_binary_cross_entropy(self, f_real, f_fake):
+    # 1 - sigmoid(f) = sigmoid(-f); scipy's log_expit is accurate for any f.
+    expected = -special.log_expit(f_real) - special.log_expit(-f_fake)
+    got = adversarial.discriminator_loss(f_real, f_fake)
+    assert got.shape == (BATCH,)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+  @given(probabilities, probabilities)
+  def test_gradient_vanishes_at_optimal_logit(self, p_real, p_fake):
+    f_star = adversarial.optimal_logit(np.log(p_real), np.log(p_fake))
+    grad = jax.grad(_expected_loss)(f_star, p_real, p_fake)
+    np.testing.assert_allclose(grad, 0.0, atol=1e-15)
+    # The gradient at a non-optimal logit is not zero: the check can fail.
+    grad_off = jax.grad(_expected_loss)(f_star + 0.1, p_real, p_fake)
+    assert np.all(np.abs(grad_off) > 1e-6)
+
+  @given(probabilities, probabilities,
+         hnp.arrays(np.float64, (SUPPORT,), elements=st.floats(-3.0, 3.0)))
+  def test_optimal_logit_is_the_minimum(self, p_real, p_fake, delta):
+    if np.max(np.abs(delta)) < 1e-3:
+      delta = np.full(SUPPORT, 1e-3)
+    f_star = adversarial.optimal_logit(np.log(p_real), np.log(p_fake))
+    at_optimum = _expected_loss(f_star, p_real, p_fake)
+    assert _expected_loss(f_star + delta, p_real, p_fake) > at_optimum
+    # Minimum value 2 log 2 - 2 JS(p_real, p_fake), scipy's JS distance squared.
+    js = distance.jensenshannon(p_real, p_fake) ** 2
+    np.testing.assert_allclose(at_optimum, 2.0 * np.log(2.0) - 2.0 * js, rtol=1e-10)
+
+  @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+  def test_finite_at_extreme_logits(self, dtype):
+    big = jnp.asarray(1e4, dtype)
+    naive = -jnp.log(jax.nn.sigmoid(-big))
+    assert not jnp.isfinite(naive)  # log(sigmoid(.)) would fail here
+    confident_right = adversarial.discriminator_loss(big, -big)
+    confident_wrong = adversarial.discriminator_loss(-big, big)
+    assert confident_right == 0.0
+    np.testing.assert_allclose(confident_wrong, 2e4, rtol=1e-6)
+    grads = jax.grad(lambda r, f: adversarial.discriminator_loss(r, f),
+                     argnums=(0, 1))(-big, big)
+    np.testing.assert_allclose(grads, (-1.0, 1.0))
+
+  @given(logits, logits)
+  def test_jit_equals_eager(self, f_real, f_fake):
+    np.testing.assert_allclose(
+        jax.jit(adversarial.discriminator_loss)(f_real, f_fake),
+        adversarial.discriminator_loss(f_real, f_fake), rtol=1e-14)
+
+
+class TestNamedDiscriminatorLosses:
+
+  @given(logits, logits)
+  def test_real_is_the_first_argument(self, f_real, f_fake):
+    expected = adversarial.discriminator_loss(f_real, f_fake)
+    for loss in (adversarial.psi1_loss, adversarial.psi2_loss,
+                 adversarial.ali_discriminator_loss):
+      np.testing.assert_array_equal(loss(f_real, f_fake), expected)
+      np.testing.assert_array_equal(jax.jit(loss)(f_real, f_fake), expected)
+
+
+class TestAliGeneratorLoss:
+
+  @given(logits, logits)
+  def test_saturating_is_the_objective_5_1(self, f_q, f_p):
+    expected = special.log_expit(f_q) + special.log_expit(-f_p)
+    got = adversarial.ali_generator_loss(f_q, f_p)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(got, -adversarial.ali_discriminator_loss(f_q, f_p))
+
+  @given(logits, logits)
+  def test_non_saturating_swaps_labels(self, f_q, f_p):
+    expected = -special.log_expit(-f_q) - special.log_expit(f_p)
+    got = adversarial.ali_generator_loss(f_q, f_p, non_saturating=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+  @given(logits, logits)
+  def test_gradients_have_the_same_sign(self, f_q, f_p):
+    def total(non_saturating):
+      return lambda q, p: jnp.sum(
+          adversarial.ali_generator_loss(q, p, non_saturating=non_saturating))
+    saturating = jax.grad(total(False), argnums=(0, 1))(f_q, f_p)
+    non_saturating = jax.grad(total(True), argnums=(0, 1))(f_q, f_p)
+    for g_sat, g_ns in zip(saturating, non_saturating):
+      assert np.all(np.sign(g_sat) == np.sign(g_ns))
+
+  @given(logits, logits, st.booleans())
+  def test_jit_equals_eager(self, f_q, f_p, non_saturating):
+    jitted = jax.jit(adversarial.ali_generator_loss, static_argnames="non_saturating")
+    np.testing.assert_allclose(
+        jitted(f_q, f_p, non_saturating=non_saturating),
+        adversarial.ali_generator_loss(f_q, f_p, non_saturating=non_saturating),
+        rtol=1e-14)
+
+
+class TestOptimalLogit:
+
+  @given(probabilities, probabilities)
+  def test_sigmoid_is_the_posterior_of_real(self, p_real, p_fake):
+    f_star = adversarial.optimal_logit(np.log(p_real), np.log(p_fake))
+    np.testing.assert_allclose(jax.nn.sigmoid(f_star), p_real / (p_real + p_fake),
+                               rtol=1e-12)
+    np.testing.assert_allclose(
+        jax.jit(adversarial.optimal_logit)(np.log(p_real), np.log(p_fake)), f_star,
+        rtol=1e-14)
+
+
+# Linear-Gaussian toy: p(z) = N(0, 1), p(x|z) = N(a z, s^2), q(x) = N(0, v),
+# q(z|x) = N(b x, t^2); joints over (x, z) are zero-mean Gaussians.
+NUM_SAMPLES = 100_000
+toy_params = st.fixed_dictionaries({
+    "a": st.floats(-2.0, 2.0), "s": st.floats(0.3, 2.0),
+    "b": st.floats(-2.0, 2.0), "t": st.floats(0.3, 2.0),
+    "v": st.floats(0.5, 3.0)})
+
+
+def _covariances(a, s, b, t, v):
+  decoder = np.array([[a * a + s * s, a], [a, 1.0]])  # p_theta(x, z)
+  encoder = np.array([[v, b * v], [b * v, b * b * v + t * t]])  # q_phi(x, z)
+  return decoder, encoder
+
+
+def _kl_zero_mean_gaussians(cov0, cov1):
+  """KL(N(0, cov0) || N(0, cov1)) in closed form."""
+  dim = cov0.shape[0]
+  return 0.5 * (np.trace(np.linalg.solve(cov1, cov0)) - dim
+                + np.linalg.slogdet(cov1)[1] - np.linalg.slogdet(cov0)[1])
+
+
+def _expected_gaussian_log_density(data_var, model_var):
+  """E_{y ~ N(0, data_var)} log N(y; 0, model_var)."""
+  return -0.5 * np.log(2 * np.pi * model_var) - data_var / (2 * model_var)
+
+
+def _mean_and_stderr(values):
+  values = np.asarray(values)
+  return values.mean(), values.std() / np.sqrt(values.size)
+
+
+def _toy_samples(a, s, b, t, v, seed):
+  rng = np.random.default_rng(seed)
+  eps = rng.standard_normal((4, NUM_SAMPLES))
+  x_q = np.sqrt(v) * eps[0]
+  z_q = b * x_q + t * eps[1]  # encoder pairs ~ q_phi(x, z)
+  z_p = eps[2]
+  x_p = a * z_p + s * eps[3]  # decoder pairs ~ p_theta(x, z)
+  return x_q, z_q, x_p, z_p
+
+
+def _toy_log_densities(x, z, a, s, b, t, v):
+  norm = stats.norm.logpdf
+  return {
+      "p_z": norm(z, 0.0, 1.0),
+      "p_x_given_z": norm(x, a * z, s),
+      "p_x": norm(x, 0.0, np.sqrt(a * a + s * s)),
+      "q_x": norm(x, 0.0, np.sqrt(v)),
+      "q_z_given_x": norm(z, b * x, t),
+      "q_z": norm(z, 0.0, np.sqrt(b * b * v + t * t)),
+  }
+
+
+class TestAsvaeEncoderPairTerm:
+
+  @given(toy_params)
+  def test_mean_is_l_vaex_with_optimal_psi1(self, params):
+    a, s, b, t, v = (params[k] for k in "asbtv")
+    decoder_cov, encoder_cov = _covariances(a, s, b, t, v)
+    x, z, _, _ = _toy_samples(a, s, b, t, v, seed=0)
+    log = _toy_log_densities(x, z, a, s, b, t, v)
+    f_psi1 = adversarial.optimal_logit(log["q_x"] + log["q_z_given_x"],
+                                       log["p_x"] + log["p_z"])
+    term = adversarial.asvae_encoder_pair_term(log["p_x_given_z"], f_psi1)
+    # (5.12): L_VAEx = E_q(x) log p_theta(x) - KL(q_phi(x, z) || p_theta(x, z)).
+    l_vaex = (_expected_gaussian_log_density(v, a * a + s * s)
+              - _kl_zero_mean_gaussians(encoder_cov, decoder_cov))
+    mean, stderr = _mean_and_stderr(term)
+    assert abs(mean - l_vaex) < 5 * stderr
+    # (5.15) as printed, f_psi1 - log p(x|z), estimates -L_VAEx instead.
+    printed_mean, printed_stderr = _mean_and_stderr(-term)
+    assert abs(printed_mean - l_vaex) > 5 * printed_stderr
+    # Corollary 8: E_q f_psi1* = KL(q_phi(x, z) || p_theta(x) p(z)).
+    product_cov = np.diag([a * a + s * s, 1.0])
+    f_mean, f_stderr = _mean_and_stderr(f_psi1)
+    assert abs(f_mean - _kl_zero_mean_gaussians(encoder_cov, product_cov)) < 5 * f_stderr
+
+  @given(toy_params)
+  def test_psi1_loss_is_stationary_at_corollary_8_logit(self, params):
+    a, s, b, t, v = (params[k] for k in "asbtv")
+    x_q, z_q, x_p, _ = _toy_samples(a, s, b, t, v, seed=1)
+    z_indep = np.random.default_rng(2).standard_normal(NUM_SAMPLES)
+
+    def f_star(x, z):
+      log = _toy_log_densities(x, z, a, s, b, t, v)
+      return adversarial.optimal_logit(log["q_x"] + log["q_z_given_x"],
+                                       log["p_x"] + log["p_z"])
+
+    f_real, f_fake = f_star(x_q, z_q), f_star(x_p, z_indep)
+    _assert_stationary(adversarial.psi1_loss, f_real, f_fake)
+
+  @given(values, values)
+  def test_jit_equals_eager(self, log_px_given_z, f_psi1):
+    np.testing.assert_array_equal(
+        jax.jit(adversarial.asvae_encoder_pair_term)(log_px_given_z, f_psi1),
+        adversarial.asvae_encoder_pair_term(log_px_given_z, f_psi1))
+
+
+class TestAsvaeDecoderPairTerm:
+
+  @given(toy_params)
+  def test_mean_is_l_vaez_with_optimal_psi2(self, params):
+    a, s, b, t, v = (params[k] for k in "asbtv")
+    decoder_cov, encoder_cov = _covariances(a, s, b, t, v)
+    _, _, x, z = _toy_samples(a, s, b, t, v, seed=3)
+    log = _toy_log_densities(x, z, a, s, b, t, v)
+    f_psi2 = adversarial.optimal_logit(log["p_z"] + log["p_x_given_z"],
+                                       log["q_x"] + log["q_z"])
+    term = adversarial.asvae_decoder_pair_term(log["q_z_given_x"], f_psi2)
+    # (5.13): L_VAEz = E_p(z) log q_phi(z) - KL(p_theta(x, z) || q_phi(x, z)).
+    l_vaez = (_expected_gaussian_log_density(1.0, b * b * v + t * t)
+              - _kl_zero_mean_gaussians(decoder_cov, encoder_cov))
+    mean, stderr = _mean_and_stderr(term)
+    assert abs(mean - l_vaez) < 5 * stderr
+    printed_mean, printed_stderr = _mean_and_stderr(-term)
+    assert abs(printed_mean - l_vaez) > 5 * printed_stderr
+    product_cov = np.diag([v, b * b * v + t * t])
+    f_mean, f_stderr = _mean_and_stderr(f_psi2)
+    assert abs(f_mean - _kl_zero_mean_gaussians(decoder_cov, product_cov)) < 5 * f_stderr
+
+  @given(toy_params)
+  def test_psi2_loss_is_stationary_at_corollary_8_logit(self, params):
+    a, s, b, t, v = (params[k] for k in "asbtv")
+    x_q, _, x_p, z_p = _toy_samples(a, s, b, t, v, seed=4)
+    # z ~ q_phi(z | x') for an independent data point x'.
+    rng = np.random.default_rng(5)
+    z_aggregate = b * np.sqrt(v) * rng.standard_normal(NUM_SAMPLES) + t * rng.standard_normal(
+        NUM_SAMPLES)
+
+    def f_star(x, z):
+      log = _toy_log_densities(x, z, a, s, b, t, v)
+      return adversarial.optimal_logit(log["p_z"] + log["p_x_given_z"],
+                                       log["q_x"] + log["q_z"])
+
+    f_real, f_fake = f_star(x_p, z_p), f_star(x_q, z_aggregate)
+    _assert_stationary(adversarial.psi2_loss, f_real, f_fake)
+
+  @given(values, values)
+  def test_jit_equals_eager(self, log_qz_given_x, f_psi2):
+    np.testing.assert_array_equal(
+        jax.jit(adversarial.asvae_decoder_pair_term)(log_qz_given_x, f_psi2),
+        adversarial.asvae_decoder_pair_term(log_qz_given_x, f_psi2))
+
+
+def _assert_stationary(loss, f_real, f_fake):
+  """The MC loss of logits ``scale * f + shift`` has zero gradient at (1, 0).
+
+  Per-sample derivatives give the Monte-Carlo standard error of each
+  gradient component; a wrong pairing or sign moves the stationary point.
+  """
+  def mean_loss(scale_shift):
+    scale, shift = scale_shift
+    return jnp.mean(loss(scale * f_real + shift, scale * f_fake + shift))
+
+  grad = jax.grad(mean_loss)(jnp.array([1.0, 0.0]))
+  # d/d(shift) and d/d(scale) per sample, real and fake halves independent.
+  d_real = -jax.nn.sigmoid(-f_real)
+  d_fake = jax.nn.sigmoid(f_fake)
+  for component, (real, fake) in enumerate([(d_real, d_fake),
+                                            (d_real * f_real, d_fake * f_fake)]):
+    stderr = np.sqrt(np.var(real) / real.size + np.var(fake) / fake.size)
+    assert abs(grad[component]) < 5 * stderr

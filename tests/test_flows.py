@@ -1,0 +1,264 @@
+"""Property tests of dgm_jax.flows against autodiff Jacobians and quadrature."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy import integrate, stats
+
+from dgm_jax import flows
+
+NUM_LAYERS = 3
+
+
+def _vectors(dim, bound=10.0):
+  return hnp.arrays(np.float64, (dim,),
+                    elements=st.floats(-bound, bound, allow_subnormal=False))
+
+
+@st.composite
+def layer_params(draw, dim, bound=10.0):
+  """Raw (u, w, b), with w . u anywhere from about -1e4 to 1e2."""
+  w = draw(_vectors(dim, bound))
+  u = draw(_vectors(dim, bound))
+  if draw(st.booleans()):  # push w . u far below -1
+    u = u - draw(st.floats(0.0, 100.0)) * w
+  b = draw(st.floats(-bound, bound, allow_subnormal=False))
+  return u, w, b
+
+
+@st.composite
+def stack_params(draw, dim, num_layers=NUM_LAYERS, bound=10.0):
+  layers = [draw(layer_params(dim, bound)) for _ in range(num_layers)]
+  return {key: np.stack([layer[i] for layer in layers])
+          for i, key in enumerate(("u", "w", "b"))}
+
+
+def _single_flow(params):
+  u, w, b = params
+  return lambda z: flows.planar_flow(z, u, w, b)
+
+
+def _stack_flow(params):
+  return lambda z: flows.planar_flow_stack(z, params)
+
+
+def _assert_log_det_matches_jacobian(flow, z, scale):
+  """log|det| against slogdet of the autodiff Jacobian.
+
+  The reference Jacobian I + sech^2 u_hat w^T is formed from the rounded
+  u_hat, so its determinant carries an absolute error of order eps * scale
+  (scale bounds |u_hat| |w|); it is compared in determinant space there and
+  in log space where the determinant is well above that error.
+  """
+  z_new, log_det = flow(z)
+  assert z_new.shape == z.shape and log_det.shape == ()
+  sign, ref_log_det = jnp.linalg.slogdet(jax.jacfwd(lambda x: flow(x)[0])(z))
+  ref_det = float(sign * jnp.exp(ref_log_det))
+  atol = 1e-12 * (1.0 + scale)
+  assert abs(np.exp(log_det) - ref_det) <= atol + 1e-9 * abs(ref_det)
+  if ref_det > 1e4 * atol:
+    np.testing.assert_allclose(log_det, ref_log_det, rtol=1e-9, atol=1e-9)
+
+
+class TestPlanarFlow:
+
+  @pytest.mark.parametrize("dim", [1, 2, 3])
+  @given(data=st.data())
+  def test_log_det_matches_jacobian(self, dim, data):
+    u, w, b = data.draw(layer_params(dim))
+    z = data.draw(_vectors(dim, 5.0))
+    u_hat = flows.invertible_u(u, w)
+    scale = float(np.linalg.norm(u_hat) * np.linalg.norm(w))
+    _assert_log_det_matches_jacobian(_single_flow((u, w, b)), z, scale)
+
+  @given(layer_params(2), hnp.arrays(np.float64, (4, 5, 2), elements=st.floats(-5.0, 5.0)))
+  def test_batch_axes_match_single_points(self, params, z):
+    z_new, log_det = _single_flow(params)(z)
+    assert z_new.shape == (4, 5, 2) and log_det.shape == (4, 5)
+    flat = jax.vmap(_single_flow(params))(z.reshape(-1, 2))
+    np.testing.assert_allclose(z_new.reshape(-1, 2), flat[0], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(log_det.reshape(-1), flat[1], rtol=1e-13, atol=1e-13)
+
+  @given(layer_params(3), st.floats(-5.0, 5.0))
+  def test_increasing_along_w(self, params, offset):
+    u, w, b = params
+    w_sq = float(w @ w)
+    if w_sq == 0.0:
+      w = np.ones_like(w)
+      w_sq = float(w @ w)
+    # Points z = (a - b) w / |w|^2 + offset * v, with v orthogonal to w, so that
+    # w . z + b = a runs over a grid; w . f(z) must be strictly increasing in a.
+    pre_activation = np.linspace(-6.0, 6.0, 1201)
+    orthogonal = np.array([w[1], -w[0], 0.0])
+    z = ((pre_activation - b)[:, None] * w / w_sq + offset * orthogonal)
+    z_new, _ = flows.planar_flow(z, u, w, b)
+    projection = np.asarray(z_new @ w)
+    assert np.all(np.diff(projection) > 0.0)
+
+  @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+  def test_singular_limit_stays_finite(self, dtype):
+    w = jnp.array([1.0, 0.0], dtype)
+    u = jnp.array([-1e4, 3.0], dtype)  # softplus(w . u) underflows to 0
+    z = jnp.zeros((2,), dtype)
+    value_and_grad = jax.value_and_grad(
+        lambda z, u: flows.planar_flow(z, u, w, jnp.asarray(0.0, dtype))[1],
+        argnums=(0, 1))
+    log_det, grads = value_and_grad(z, u)
+    assert log_det.dtype == dtype
+    np.testing.assert_allclose(log_det, np.log(np.finfo(dtype).tiny), rtol=1e-6)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+
+  @given(_vectors(2), _vectors(2))
+  def test_zero_w_is_a_translation(self, u, z):
+    z_new, log_det = flows.planar_flow(z, u, np.zeros(2), 0.5)
+    np.testing.assert_allclose(z_new, z + u * np.tanh(0.5), rtol=1e-14, atol=1e-14)
+    assert log_det == 0.0
+
+  @given(layer_params(2), hnp.arrays(np.float64, (4, 2), elements=st.floats(-5.0, 5.0)))
+  def test_jit_equals_eager(self, params, z):
+    u, w, b = params
+    eager = flows.planar_flow(z, u, w, b)
+    jitted = jax.jit(flows.planar_flow)(z, u, w, b)
+    for got, expected in zip(jitted, eager):
+      np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+class TestInvertibleU:
+
+  @given(st.data(), st.sampled_from([1, 2, 5]))
+  def test_w_dot_u_hat_is_at_least_minus_one(self, data, dim):
+    u, w, _ = data.draw(layer_params(dim))
+    u_hat = flows.invertible_u(u, w)
+    w_dot_u_hat = float(w @ u_hat)
+    rounding = 1e-13 * (1.0 + np.linalg.norm(u) * np.linalg.norm(w) + abs(float(w @ u)))
+    assert w_dot_u_hat >= -1.0 - rounding
+    if w @ w > 0:
+      np.testing.assert_allclose(w_dot_u_hat, np.logaddexp(0.0, w @ u) - 1.0,
+                                 rtol=1e-12, atol=rounding)
+      # Only the component along w changes.
+      change = u_hat - u
+      np.testing.assert_allclose(change - (change @ w) / (w @ w) * w, 0.0,
+                                 atol=1e-12 * (1.0 + np.abs(change).max()))
+
+  @given(hnp.arrays(np.float64, (4, 3), elements=st.floats(-10.0, 10.0)),
+         hnp.arrays(np.float64, (4, 3), elements=st.floats(-10.0, 10.0)))
+  def test_batched_jit_equals_eager_rows(self, u, w):
+    batched = jax.jit(flows.invertible_u)(u, w)
+    rows = np.stack([flows.invertible_u(u[i], w[i]) for i in range(4)])
+    np.testing.assert_allclose(batched, rows, rtol=1e-12, atol=1e-12)
+
+
+class TestPlanarFlowStack:
+
+  @pytest.mark.parametrize("dim", [1, 3])
+  @given(data=st.data())
+  def test_log_det_matches_jacobian(self, dim, data):
+    params = data.draw(stack_params(dim, bound=3.0))
+    z = data.draw(_vectors(dim, 3.0))
+    u_hat = flows.invertible_u(params["u"], params["w"])
+    # Product of the per-layer scales bounds the rounding of the product Jacobian.
+    scale = float(np.prod(1.0 + np.linalg.norm(u_hat, axis=1) * np.linalg.norm(params["w"], axis=1)))
+    _assert_log_det_matches_jacobian(_stack_flow(params), z, scale)
+
+  @given(stack_params(2), hnp.arrays(np.float64, (4, 2), elements=st.floats(-5.0, 5.0)))
+  def test_scan_equals_layers_one_by_one(self, params, z):
+    z_k, log_det_sum = z, np.zeros(4)
+    for k in range(NUM_LAYERS):
+      z_k, log_det = flows.planar_flow(z_k, params["u"][k], params["w"][k], params["b"][k])
+      log_det_sum = log_det_sum + log_det
+    got_z, got_log_det = flows.planar_flow_stack(z, params)
+    np.testing.assert_allclose(got_z, z_k, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_log_det, log_det_sum, rtol=1e-12, atol=1e-12)
+
+  @given(stack_params(2), hnp.arrays(np.float64, (4, 2), elements=st.floats(-5.0, 5.0)))
+  def test_jit_equals_eager(self, params, z):
+    eager = flows.planar_flow_stack(z, params)
+    jitted = jax.jit(flows.planar_flow_stack)(z, params)
+    for got, expected in zip(jitted, eager):
+      np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+  def test_float32_input_with_float64_params(self):
+    params = flows.init_planar_params(jax.random.key(0), 2, 4, scale=0.5)
+    z_out, log_det = flows.planar_flow_stack(jnp.ones((3, 2), jnp.float32), params)
+    assert z_out.shape == (3, 2) and log_det.shape == (3,)
+
+
+@functools.partial(jax.jit, static_argnames="num_iterations")
+def _bisect_inverse(flow_params, y, radius, num_iterations=200):
+  """z with f(z) = y for an increasing 1-D stack f with |f(z) - z| <= radius."""
+  def forward(z):
+    return flows.planar_flow_stack(z[..., None], flow_params)[0][..., 0]
+
+  def step(_, bracket):
+    low, high = bracket
+    mid = 0.5 * (low + high)
+    below = forward(mid) < y
+    return jnp.where(below, mid, low), jnp.where(below, high, mid)
+
+  low, high = jax.lax.fori_loop(0, num_iterations, step, (y - radius, y + radius))
+  return 0.5 * (low + high)
+
+
+@jax.jit
+def _pushed_forward_density(flow_params, y, radius):
+  """q_K(y) = N(z_0) exp(-log|det|(z_0)) with z_0 = f^{-1}(y)."""
+  z0 = _bisect_inverse(flow_params, y, radius)
+  _, log_det = flows.planar_flow_stack(z0[..., None], flow_params)
+  return jnp.exp(jax.scipy.stats.norm.logpdf(z0) - log_det)
+
+
+class TestChangeOfVariables:
+  """In D = 1 the pushed-forward density of N(0, 1) integrates to 1.
+
+  The density of y = f(z_0) is evaluated through an inverse by bisection and
+  the log-determinant; its integral and its first two moments, by quadrature
+  over y, must equal 1 and the moments E[f(z_0)^k] by quadrature over z_0. A
+  wrong log-determinant or a non-bijective map breaks the identities. Raw
+  parameters are moderate (w . u >= -4) so the density stays bounded for
+  quadrature.
+  """
+
+  @pytest.mark.parametrize("num_layers", [1, NUM_LAYERS])
+  @given(data=st.data())
+  def test_density_integrates_to_one(self, num_layers, data):
+    params = data.draw(stack_params(1, num_layers=num_layers, bound=3.0))
+    params["u"] = np.maximum(params["u"] * params["w"], -4.0) * np.where(
+        params["w"] == 0.0, 0.0, 1.0 / np.where(params["w"] == 0.0, 1.0, params["w"]))
+    u_hat = flows.invertible_u(params["u"], params["w"])
+    radius = float(np.abs(u_hat).sum()) + 1.0
+    limit = radius + 12.0
+
+    def density(y):
+      return float(_pushed_forward_density(params, jnp.asarray(y), radius))
+
+    def forward(z):
+      return float(flows.planar_flow_stack(jnp.asarray([[z]]), params)[0][0, 0])
+
+    quad = functools.partial(integrate.quad, a=-limit, b=limit, limit=200, epsabs=1e-11)
+    total = quad(density)[0]
+    np.testing.assert_allclose(total, 1.0, atol=1e-7)
+    for power in (1, 2):
+      pushed = quad(lambda y: y**power * density(y))[0]
+      pulled = quad(lambda z: forward(z)**power * stats.norm.pdf(z), a=-13.0, b=13.0)[0]
+      np.testing.assert_allclose(pushed, pulled, rtol=1e-6, atol=1e-7)
+
+
+class TestInitPlanarParams:
+
+  def test_shapes_scale_and_finite_flow(self):
+    params = flows.init_planar_params(jax.random.key(1), dim=5, num_layers=80, scale=0.1)
+    assert params["u"].shape == (80, 5) and params["w"].shape == (80, 5)
+    np.testing.assert_array_equal(params["b"], np.zeros(80))
+    np.testing.assert_allclose(np.std(params["w"]), 0.1, rtol=0.2)
+    again = flows.init_planar_params(jax.random.key(1), dim=5, num_layers=80, scale=0.1)
+    np.testing.assert_array_equal(again["u"], params["u"])
+    z = jax.random.normal(jax.random.key(2), (16, 5))
+    z_out, log_det = flows.planar_flow_stack(z, params)
+    assert z_out.shape == (16, 5) and log_det.shape == (16,)
+    assert np.all(np.isfinite(z_out)) and np.all(np.isfinite(log_det))
