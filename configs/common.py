@@ -29,7 +29,7 @@ def base_config(dataset, batch_size):
   config.eval = ml_collections.ConfigDict(dict(
       num_importance_samples=5000,    # K for the test NLL (Burda et al.)
       valid_importance_samples=100,   # K for periodic validation NLL (0: skip)
-      batch_size=100, max_chunk=500, max_examples=0, binarization_seed=0))
+      batch_size=100, max_chunk=500, max_valid_examples=2000, binarization_seed=0))
   return config
 
 
@@ -48,5 +48,5 @@ def make_smoke(config):
   config.train.update(num_steps=20, log_every=5, eval_every=10, ckpt_every=10, tensorboard=True)
   config.data.batch_size = 16
   config.eval.update(num_importance_samples=8, valid_importance_samples=4, batch_size=32,
-                     max_chunk=8, max_examples=64)
+                     max_chunk=8, max_valid_examples=64)
   return config

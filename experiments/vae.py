@@ -5,7 +5,7 @@
   python -m experiments.vae --config=configs/mnist.py:smoke --workdir=/tmp/vae
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from dgm_jax.train import launch
@@ -13,11 +13,5 @@ from dgm_jax.train import launch
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py[:args].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: a new folder in ./runs).")
 
-
-def main(argv):
-  del argv
-  launch.main("vae", _CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  launch.run_app("vae", _CONFIG, _WORKDIR)

@@ -39,16 +39,24 @@ def stack_params(draw, dim, num_layers=NUM_LAYERS, bound=10.0):
           for i, key in enumerate(("u", "w", "b"))}
 
 
-def _single_flow(params):
-  u, w, b = params
-  return lambda z: flows.planar_flow(z, u, w, b)
+def _flow_and_jacobian_log_det(flow):
+  """Jitted ``z, args -> (z_new, log_det, slogdet of the autodiff Jacobian)``.
+
+  Parameters are arguments, not constants, so each shape compiles once.
+  """
+  @jax.jit
+  def evaluate(z, *args):
+    z_new, log_det = flow(z, *args)
+    jacobian = jax.jacfwd(lambda x: flow(x, *args)[0])(z)
+    return z_new, log_det, jnp.linalg.slogdet(jacobian)
+  return evaluate
 
 
-def _stack_flow(params):
-  return lambda z: flows.planar_flow_stack(z, params)
+_single_with_jacobian = _flow_and_jacobian_log_det(flows.planar_flow)
+_stack_with_jacobian = _flow_and_jacobian_log_det(flows.planar_flow_stack)
 
 
-def _assert_log_det_matches_jacobian(flow, z, scale):
+def _assert_log_det_matches_jacobian(evaluate, z, args, scale):
   """log|det| against slogdet of the autodiff Jacobian.
 
   The reference Jacobian I + sech^2 u_hat w^T is formed from the rounded
@@ -56,14 +64,16 @@ def _assert_log_det_matches_jacobian(flow, z, scale):
   (scale bounds |u_hat| |w|); it is compared in determinant space there and
   in log space where the determinant is well above that error.
   """
-  z_new, log_det = flow(z)
+  z_new, log_det, (sign, ref_log_det) = evaluate(z, *args)
   assert z_new.shape == z.shape and log_det.shape == ()
-  sign, ref_log_det = jnp.linalg.slogdet(jax.jacfwd(lambda x: flow(x)[0])(z))
   ref_det = float(sign * jnp.exp(ref_log_det))
   atol = 1e-12 * (1.0 + scale)
   assert abs(np.exp(log_det) - ref_det) <= atol + 1e-9 * abs(ref_det)
   if ref_det > 1e4 * atol:
     np.testing.assert_allclose(log_det, ref_log_det, rtol=1e-9, atol=1e-9)
+
+
+_batched_planar_flow = jax.jit(jax.vmap(flows.planar_flow, in_axes=(0, None, None, None)))
 
 
 class TestPlanarFlow:
@@ -75,13 +85,13 @@ class TestPlanarFlow:
     z = data.draw(_vectors(dim, 5.0))
     u_hat = flows.invertible_u(u, w)
     scale = float(np.linalg.norm(u_hat) * np.linalg.norm(w))
-    _assert_log_det_matches_jacobian(_single_flow((u, w, b)), z, scale)
+    _assert_log_det_matches_jacobian(_single_with_jacobian, z, (u, w, b), scale)
 
   @given(layer_params(2), hnp.arrays(np.float64, (4, 5, 2), elements=st.floats(-5.0, 5.0)))
   def test_batch_axes_match_single_points(self, params, z):
-    z_new, log_det = _single_flow(params)(z)
+    z_new, log_det = flows.planar_flow(z, *params)
     assert z_new.shape == (4, 5, 2) and log_det.shape == (4, 5)
-    flat = jax.vmap(_single_flow(params))(z.reshape(-1, 2))
+    flat = _batched_planar_flow(z.reshape(-1, 2), *params)
     np.testing.assert_allclose(z_new.reshape(-1, 2), flat[0], rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(log_det.reshape(-1), flat[1], rtol=1e-13, atol=1e-13)
 
@@ -164,7 +174,7 @@ class TestPlanarFlowStack:
     u_hat = flows.invertible_u(params["u"], params["w"])
     # Product of the per-layer scales bounds the rounding of the product Jacobian.
     scale = float(np.prod(1.0 + np.linalg.norm(u_hat, axis=1) * np.linalg.norm(params["w"], axis=1)))
-    _assert_log_det_matches_jacobian(_stack_flow(params), z, scale)
+    _assert_log_det_matches_jacobian(_stack_with_jacobian, z, (params,), scale)
 
   @given(stack_params(2), hnp.arrays(np.float64, (4, 2), elements=st.floats(-5.0, 5.0)))
   def test_scan_equals_layers_one_by_one(self, params, z):
@@ -206,6 +216,11 @@ def _bisect_inverse(flow_params, y, radius, num_iterations=200):
 
 
 @jax.jit
+def _forward_1d(flow_params, z):
+  return flows.planar_flow_stack(z[..., None], flow_params)[0][..., 0]
+
+
+@jax.jit
 def _pushed_forward_density(flow_params, y, radius):
   """q_K(y) = N(z_0) exp(-log|det|(z_0)) with z_0 = f^{-1}(y)."""
   z0 = _bisect_inverse(flow_params, y, radius)
@@ -238,7 +253,7 @@ class TestChangeOfVariables:
       return float(_pushed_forward_density(params, jnp.asarray(y), radius))
 
     def forward(z):
-      return float(flows.planar_flow_stack(jnp.asarray([[z]]), params)[0][0, 0])
+      return float(_forward_1d(params, jnp.asarray(z)))
 
     quad = functools.partial(integrate.quad, a=-limit, b=limit, limit=200, epsabs=1e-11)
     total = quad(density)[0]

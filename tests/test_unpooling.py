@@ -241,6 +241,28 @@ class TestMapPriorLogProb:
         jax.jit(unpooling.map_prior_log_prob)(stacked, 0.7), out, rtol=1e-14)
 
 
+@jax.jit
+def relaxed_gradients(key, logits, temperature, weights):
+  """Gradients of a linear and a quadratic objective of hard and soft maps."""
+
+  def linear(logits, hard):
+    maps = unpooling.relaxed_map(key, logits, temperature, hard=hard)
+    return jnp.sum(weights * maps)
+
+  def quadratic(logits, hard):
+    maps = unpooling.relaxed_map(key, logits, temperature, hard=hard)
+    return jnp.sum(weights * maps**2)
+
+  # Straight-through: the soft Jacobian applied to the quadratic objective's
+  # gradient evaluated at the hard (forward) value.
+  hard = unpooling.relaxed_map(key, logits, temperature, hard=True)
+  straight_through = jax.grad(lambda l: jnp.sum(
+      2.0 * weights * jax.lax.stop_gradient(hard)
+      * unpooling.relaxed_map(key, l, temperature)))(logits)
+  return (jax.grad(linear)(logits, True), jax.grad(linear)(logits, False),
+          jax.grad(quadratic)(logits, True), straight_through)
+
+
 class TestRelaxedMap:
 
   @hypothesis.given(
@@ -256,26 +278,12 @@ class TestRelaxedMap:
         hard, one_hot(np.argmax(np.asarray(soft), -1), 5), atol=1e-15)
 
     weights = np.random.default_rng(seed).normal(size=(3, 5))
-
-    def linear(logits, hard):
-      maps = unpooling.relaxed_map(key, logits, temperature, hard=hard)
-      return jnp.sum(weights * maps)
-
-    np.testing.assert_allclose(jax.grad(linear)(logits, True),
-                               jax.grad(linear)(logits, False),
-                               rtol=1e-12, atol=1e-12)
-
-    def quadratic(logits, hard):
-      maps = unpooling.relaxed_map(key, logits, temperature, hard=hard)
-      return jnp.sum(weights * maps**2)
-
-    # Straight-through: the soft Jacobian applied to the objective's
-    # gradient evaluated at the hard (forward) value.
-    straight_through = jax.grad(lambda l: jnp.sum(
-        2.0 * weights * np.asarray(hard)
-        * unpooling.relaxed_map(key, l, temperature)))(logits)
-    np.testing.assert_allclose(jax.grad(quadratic)(logits, True),
-                               straight_through, rtol=1e-12, atol=1e-12)
+    linear_hard, linear_soft, quadratic_hard, straight_through = (
+        relaxed_gradients(key, logits, temperature, weights))
+    np.testing.assert_allclose(linear_hard, linear_soft, rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_allclose(quadratic_hard, straight_through, rtol=1e-12,
+                               atol=1e-12)
 
   def test_jit_equals_eager(self):
     logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5)))

@@ -7,16 +7,42 @@ exit status 1 instead of a traceback.
 
 import sys
 
-from absl import logging
+from absl import app, logging
 
 from dgm_jax.data.registry import DataError
 from dgm_jax.train import loop
 from dgm_jax.train.guards import ConfigError, NonFiniteLossError
 from dgm_jax.train.parallel import BatchSplitError
 
-__all__ = ["main", "KNOWN_ERRORS"]
+__all__ = ["run_app", "main", "KNOWN_ERRORS"]
 
 KNOWN_ERRORS = (ConfigError, DataError, BatchSplitError, NonFiniteLossError)
+
+
+def run_app(method_name, config_flag, workdir_flag):
+  """``app.run`` for a launcher; a bad ``--config.a.b=value`` is one error line.
+
+  ml_collections applies ``--config.*`` overrides while absl parses flags and
+  raises a bare AttributeError/KeyError for a key the config does not have;
+  that is turned into a message naming the override.
+  """
+  started = []
+
+  def _main(argv):
+    started.append(True)
+    if len(argv) > 1:
+      _fail(f"unexpected arguments {argv[1:]}; options are --config, --workdir, --config.<key>=<value>")
+    main(method_name, config_flag.value, workdir_flag.value)
+
+  try:
+    app.run(_main)
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    if started:
+      raise
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    _fail(f"could not apply the config overrides {overrides}: {type(error).__name__}: {error}. "
+          "An override must name an existing key of the config file (see configs/) "
+          "with a value of the key's type.")
 
 
 def main(method_name, config, workdir):

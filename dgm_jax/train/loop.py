@@ -167,7 +167,7 @@ class _Trainer:
       for name, values in jax.device_get(per_example).items():
         sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values)[mask]))
       count += int(mask.sum())
-      if self.config.eval.max_examples and count >= self.config.eval.max_examples:
+      if split == "valid" and 0 < self.config.eval.max_valid_examples <= count:
         break
     metrics = {name: total / count for name, total in sums.items()}
     if num_importance_samples:

@@ -1,0 +1,164 @@
+"""The training loop through the real launcher: smoke, resume after SIGKILL, errors, sharding."""
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def launcher_env(**extra):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  env.update({"PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}, **extra)
+  return env
+
+
+def launch(args, env=None, wait=True, timeout=300):
+  cmd = [sys.executable, "-m", "experiments.vae"] + args
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env or launcher_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  if not wait:
+    return proc
+  out, err = proc.communicate(timeout=timeout)
+  return proc.returncode, out, err
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  for row in rows:
+    row.pop("steps_per_second", None)
+  return rows
+
+
+def final_params(workdir, step):
+  import orbax.checkpoint as ocp
+  with ocp.StandardCheckpointer() as ckpt:
+    tree = ckpt.restore(os.path.join(workdir, "checkpoints", str(step), "default"))
+  return tree["params"]
+
+
+def test_smoke_run_writes_the_workdir_contract(tmp_path):
+  workdir = str(tmp_path / "run")
+  code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={workdir}"])
+  assert code == 0, err[-3000:]
+  results = json.load(open(os.path.join(workdir, "results.json")))
+  for key in ("method", "dataset", "data_source", "num_examples", "steps", "wall_s", "nll_nats",
+              "nll_num_samples", "elbo_nats", "active_units"):
+    assert key in results, key
+  assert results["steps"] == 20 and results["method"] == "vae"
+  assert np.isfinite(results["nll_nats"]) and results["nll_nats"] > 0
+  # The importance-sampled bound is at least as tight as the ELBO.
+  assert -results["nll_nats"] >= results["elbo_nats"] - 1.0
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  assert config["data"]["name"] == "mnist"
+  rows = read_metrics(workdir)
+  assert {r["split"] for r in rows} == {"train", "valid", "test"}
+  assert [r["step"] for r in rows if r["split"] == "train"] == [5, 10, 15, 20]
+  samples = os.listdir(os.path.join(workdir, "samples"))
+  assert any(s.startswith("samples_") and s.endswith(".png") for s in samples)
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+RESUME_ARGS = ["--config=configs/mnist.py:smoke", "--config.train.num_steps=600",
+               "--config.train.ckpt_every=100", "--config.train.eval_every=300",
+               "--config.train.log_every=50"]
+
+
+def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  code, _, err = launch(RESUME_ARGS + [f"--workdir={straight}"])
+  assert code == 0, err[-3000:]
+
+  proc = launch(RESUME_ARGS + [f"--workdir={resumed}"], wait=False)
+  first_ckpt = os.path.join(resumed, "checkpoints", "100")
+  deadline = time.time() + 240
+  while not os.path.exists(first_ckpt) and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  assert not os.path.exists(os.path.join(resumed, "results.json"))
+
+  code, _, err = launch(RESUME_ARGS + [f"--workdir={resumed}"])
+  assert code == 0, err[-3000:]
+  assert "Resuming from the checkpoint" in err
+  a, b = final_params(straight, 600), final_params(resumed, 600)
+  for x, y in zip(*(map(np.asarray, __import__("jax").tree_util.tree_leaves(t)) for t in (a, b))):
+    np.testing.assert_array_equal(x, y)
+  assert read_metrics(straight) == read_metrics(resumed)
+  ra, rb = (json.load(open(os.path.join(w, "results.json"))) for w in (straight, resumed))
+  for key in ("nll_nats", "elbo_nats", "active_units", "steps"):
+    assert ra[key] == rb[key], key
+
+
+def assert_one_line_error(code, err, *needles):
+  assert code != 0
+  lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
+  assert len(lines) == 1, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+  return lines[0]
+
+
+def test_unknown_config_key(tmp_path):
+  code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
+                         "--config.vae.no_such_key=3"])
+  assert_one_line_error(code, err, "no_such_key", "existing key")
+  assert not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+def test_unknown_dataset(tmp_path):
+  code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
+                         "--config.data.name=imagenet64"])
+  assert_one_line_error(code, err, "imagenet64", "mnist")
+
+
+def test_truncated_data_file(tmp_path):
+  data_dir = tmp_path / "data" / "mnist"
+  data_dir.mkdir(parents=True)
+  header = np.array([0x00000803, 60000, 28, 28], dtype=">u4").tobytes()
+  with gzip.open(data_dir / "train-images-idx3-ubyte.gz", "wb") as f:
+    f.write(header + bytes(1000))
+  for name, magic, dims in (("train-labels-idx1-ubyte.gz", 0x801, [60000]),
+                            ("t10k-images-idx3-ubyte.gz", 0x803, [10000, 28, 28]),
+                            ("t10k-labels-idx1-ubyte.gz", 0x801, [10000])):
+    with gzip.open(data_dir / name, "wb") as f:
+      f.write(np.array([magic] + dims, dtype=">u4").tobytes() + bytes(int(np.prod(dims))))
+  code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={tmp_path / 'run'}",
+                         f"--config.data.data_dir={tmp_path / 'data'}"])
+  assert_one_line_error(code, err, "train-images-idx3-ubyte.gz")
+
+
+def test_batch_that_does_not_split_across_devices(tmp_path):
+  env = launcher_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
+                         "--config.data.batch_size=18"], env=env)
+  assert_one_line_error(code, err, "batch_size=18", "4 devices")
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
+  code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
+                         "--config.train.ckpt_every=1", "--config.train.log_every=1",
+                         "--config.vae.learning_rate=1e38", "--config.vae.lr_schedule=constant"])
+  line = assert_one_line_error(code, err, "non-finite", "at step")
+  bad_step = int(line.split("at step ")[1].split(";")[0])
+  kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert kept and max(kept) == bad_step - 1, (line, kept)
+  assert not os.path.exists(tmp_path / "results.json")
+
+
+def test_sharded_step_equals_single_device_step():
+  env = launcher_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "train", "_sharded_check.py")],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
