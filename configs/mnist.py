@@ -4,6 +4,7 @@ Arguments after the colon, comma-separated:
   smoke    a few steps and a tiny evaluation (seconds; what CI runs)
   paper    Burda et al.'s full schedule: 3,280 epochs, lr 1e-3 * 10^(-i/7)
   iwae     the IWAE objective with k = 5 (``vae`` section)
+  viwae    the Stein VIWAE (``stein_vae`` section, importance weighted)
 
   python -m experiments.vae --config=configs/mnist.py:iwae --config.vae.num_samples=50
 """
@@ -14,17 +15,23 @@ STEPS_PER_EPOCH = 500  # 50,000 training images, batch 100
 
 
 def get_config(arg=None):
-  args = common.parse_args(arg, {"smoke", "paper", "iwae"})
+  args = common.parse_args(arg, {"smoke", "paper", "iwae", "viwae"})
   config = common.base_config("mnist", batch_size=100)
   config.train.update(num_steps=300 * STEPS_PER_EPOCH, log_every=STEPS_PER_EPOCH,
                       eval_every=25 * STEPS_PER_EPOCH, ckpt_every=5 * STEPS_PER_EPOCH)
   config.vae = common.vae_section()
+  config.stein_vae = common.stein_vae_section()
+  if "viwae" in args:
+    config.stein_vae.importance_weighted = True
   if "iwae" in args:
     config.vae.update(objective="iwae", num_samples=5)
   if "paper" in args:
     config.train.num_steps = 3280 * STEPS_PER_EPOCH
     config.train.eval_every = 100 * STEPS_PER_EPOCH
     config.vae.lr_schedule = "burda"
+    config.stein_vae.num_particles = 100
   if "smoke" in args:
     common.make_smoke(config)
+    config.stein_vae.update(num_particles=4, latent_dim=8, encoder_hidden=(32,),
+                            decoder_hidden=(32,), eval_elbo_samples=2)
   return config

@@ -127,8 +127,8 @@ def ali_generator_loss(logits_q, logits_p, non_saturating=False):
   training. ``non_saturating=True`` swaps the labels instead, as Goodfellow et
   al. (2014) and the ALI implementation do: ``softplus(f_q) +
   softplus(-f_p)``, i.e. (theta, phi) maximize ``E_q log(1 - sigmoid(f)) +
-  E_p log sigmoid(f)``. Both have the same fixed point and their gradients wrt
-  each logit have the same sign; only the magnitudes differ.
+  E_p log sigmoid(f)``. The gradients of the two wrt each logit have the same
+  sign (both push ``f_q`` down and ``f_p`` up); only the magnitudes differ.
 
   Args:
     logits_q: [B] ``f(x, z)`` on encoder pairs.

@@ -1,14 +1,15 @@
 """Planar normalizing flows with log-determinants (section 5.3).
 
 Section 5.3 of the dissertation builds p_theta(x|z) and q_phi(z|x) for MNIST
-with a normalizing flow of length 80 (Rezende et al., 2015); the flows of
-that paper used there are planar, ``f(z) = z + u_hat tanh(w . z + b)``. The
-raw ``u`` is reparametrized to ``u_hat`` with ``w . u_hat = -1 + softplus(w .
-u) > -1``, which makes every layer invertible. Because ``w . u_hat`` is known
-in closed form, the Jacobian determinant ``1 + sech^2(a) w . u_hat`` (a = w.z
-+ b) is evaluated as the cancellation-free sum ``tanh^2(a) + sech^2(a)
-softplus(w . u)``. A stack of K layers is one ``jax.lax.scan`` over stacked
-parameters ``u [K, D], w [K, D], b [K]``.
+with a normalizing flow of length 80 (Rezende et al., 2015). The text does not
+name the family; this module implements that paper's planar flow, the one
+chapter 1 names, ``f(z) = z + u_hat tanh(w . z + b)``. The raw ``u`` is
+reparametrized to ``u_hat`` with ``w . u_hat = -1 + softplus(w . u) > -1``,
+which makes every layer invertible. Because ``w . u_hat`` is known in closed
+form, the Jacobian determinant ``1 + sech^2(a) w . u_hat`` (a = w . z + b) is
+evaluated as the cancellation-free sum ``tanh^2(a) + sech^2(a) softplus(w .
+u)``. A stack of K layers is one ``jax.lax.scan`` over stacked parameters
+``u [K, D], w [K, D], b [K]``.
 """
 
 import jax
@@ -76,15 +77,10 @@ def planar_flow_stack(z, params):
   dtype = jnp.result_type(z, u, w, b)
   z = jnp.asarray(z, dtype)
 
-  def layer(carry, layer_params):
-    z_k, log_det_sum = carry
-    z_next, log_det = planar_flow(z_k, *layer_params)
-    return (z_next, log_det_sum + log_det), None
-
   init = (z, jnp.zeros(z.shape[:-1], dtype))
   layer_params = (jnp.asarray(u, dtype), jnp.asarray(w, dtype),
                   jnp.asarray(b, dtype))
-  (z_out, log_det_sum), _ = jax.lax.scan(layer, init, layer_params)
+  (z_out, log_det_sum), _ = jax.lax.scan(_planar_layer, init, layer_params)
   return z_out, log_det_sum
 
 
@@ -136,3 +132,10 @@ def invertible_u(u, w):
   safe_w_sq = jnp.where(positive, w_sq, 1.0)
   correction = (-1.0 + jax.nn.softplus(w_dot_u) - w_dot_u) / safe_w_sq
   return u + jnp.where(positive, correction, 0.0) * w
+
+
+def _planar_layer(carry, layer_params):
+  """Scan body: one layer, accumulating log|det|."""
+  z, log_det_sum = carry
+  z_next, log_det = planar_flow(z, *layer_params)
+  return (z_next, log_det_sum + log_det), None

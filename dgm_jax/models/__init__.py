@@ -10,6 +10,7 @@ __all__ = ["get_method", "METHODS"]
 
 METHODS = {
     "vae": "dgm_jax.models.vae",
+    "stein_vae": "dgm_jax.models.stein_vae",
 }
 
 

@@ -58,7 +58,10 @@ def run(config, workdir=None, method_name=None):
   parallel.check_batch_divides(config.eval.batch_size, mesh)
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
                   num_classes=None)
-  method = models.get_method(method_name)(config, spec)
+  try:
+    method = models.get_method(method_name)(config, spec)
+  except ValueError as error:
+    raise guards.ConfigError(f"section '{method_name}': {error}") from None
   _write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   trainer = _Trainer(config, method, data, mesh, workdir)
@@ -189,6 +192,7 @@ class _Trainer:
     self._save_images(state.params, step)
     results = {
         "method": method_name,
+        "variant": self.method.name,
         "dataset": data.name,
         "data_source": data.source,
         "num_examples": data.num_examples,

@@ -21,8 +21,8 @@ def launcher_env(**extra):
   return env
 
 
-def launch(args, env=None, wait=True, timeout=300):
-  cmd = [sys.executable, "-m", "experiments.vae"] + args
+def launch(args, env=None, wait=True, timeout=600, experiment="vae"):
+  cmd = [sys.executable, "-m", f"experiments.{experiment}"] + args
   proc = subprocess.Popen(cmd, cwd=REPO, env=env or launcher_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   if not wait:
@@ -46,15 +46,18 @@ def final_params(workdir, step):
   return tree["params"]
 
 
-def test_smoke_run_writes_the_workdir_contract(tmp_path):
+@pytest.mark.parametrize("experiment,variant", [("vae", "smoke"), ("vae", "smoke,iwae"),
+                                                ("stein_vae", "smoke"), ("stein_vae", "smoke,viwae")])
+def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
   workdir = str(tmp_path / "run")
-  code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={workdir}"])
+  code, _, err = launch([f"--config=configs/mnist.py:{variant}", f"--workdir={workdir}"],
+                        experiment=experiment)
   assert code == 0, err[-3000:]
   results = json.load(open(os.path.join(workdir, "results.json")))
   for key in ("method", "dataset", "data_source", "num_examples", "steps", "wall_s", "nll_nats",
               "nll_num_samples", "elbo_nats", "active_units"):
     assert key in results, key
-  assert results["steps"] == 20 and results["method"] == "vae"
+  assert results["steps"] == 20 and results["method"] == experiment
   assert np.isfinite(results["nll_nats"]) and results["nll_nats"] > 0
   # The importance-sampled bound is at least as tight as the ELBO.
   assert -results["nll_nats"] >= results["elbo_nats"] - 1.0
@@ -73,12 +76,13 @@ RESUME_ARGS = ["--config=configs/mnist.py:smoke", "--config.train.num_steps=600"
                "--config.train.log_every=50"]
 
 
-def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("experiment", ["vae", "stein_vae"])
+def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path, experiment):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  code, _, err = launch(RESUME_ARGS + [f"--workdir={straight}"])
+  code, _, err = launch(RESUME_ARGS + [f"--workdir={straight}"], experiment=experiment)
   assert code == 0, err[-3000:]
 
-  proc = launch(RESUME_ARGS + [f"--workdir={resumed}"], wait=False)
+  proc = launch(RESUME_ARGS + [f"--workdir={resumed}"], wait=False, experiment=experiment)
   first_ckpt = os.path.join(resumed, "checkpoints", "100")
   deadline = time.time() + 240
   while not os.path.exists(first_ckpt) and time.time() < deadline and proc.poll() is None:
@@ -88,7 +92,7 @@ def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
   assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
   assert not os.path.exists(os.path.join(resumed, "results.json"))
 
-  code, _, err = launch(RESUME_ARGS + [f"--workdir={resumed}"])
+  code, _, err = launch(RESUME_ARGS + [f"--workdir={resumed}"], experiment=experiment)
   assert code == 0, err[-3000:]
   assert "Resuming from the checkpoint" in err
   a, b = final_params(straight, 600), final_params(resumed, 600)

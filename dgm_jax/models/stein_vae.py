@@ -1,0 +1,269 @@
+"""Stein VAE and Stein VIWAE (chapter 4, sections 4.2-4.3).
+
+One train step, as in section 4.2:
+
+1. codes ``z_jn = f_eta(x_n, xi_j)`` for M particles per example, with the noise
+   ``xi_j ~ N(0, I)`` shared across the data points of the step (4.5);
+2. scores ``grad_z [log p(x_n | z, theta) + log p(z)]``, averaged over decoder
+   samples theta_j when there are several (4.12);
+3. the SVGD move of each example's particles, ``z' = z + eps phi(z)`` (4.12); the
+   Stein VIWAE (4.3) uses the self-normalized importance-weighted direction
+   (4.42)-(4.43) with ``log w = log p(x, z) - log q(z | x)`` and the encoder
+   density from the change of variables ``q(z|x) = q0(xi) |det df/dxi|^-1``;
+4. the encoder fitted to the moved particles by K gradient steps on (4.13);
+5. the decoder: a point estimate follows the gradient of (4.1) at the moved
+   codes (importance weighted for the VIWAE); M_theta > 1 decoder samples move
+   by SVGD (4.11) with a kernel on their flattened parameters.
+
+Evaluation (4.5.2) reports the ELBO, with the entropy from the change of
+variables, and the importance-sampled bound (S-ELBO), averaged over decoder samples.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dgm_jax import bounds, kernels, likelihoods, svgd
+from dgm_jax.data import transforms
+from dgm_jax.eval import nll
+from dgm_jax.models.base import Method, make_optimizer
+from dgm_jax.nets.mlp import MLP
+from dgm_jax.nets.recognition import NoiseMLPEncoder
+from dgm_jax.train.state import TrainState
+
+__all__ = [
+    "make_method",
+    "latent_scores",
+    "svgd_move",
+    "encoder_fit_loss",
+    "change_of_variables_log_q",
+]
+
+
+def latent_scores(log_joint_fn, z):
+  """Per-particle scores ``grad_z log p~(z)`` of a log-joint summed over its inputs.
+
+  Args:
+    log_joint_fn: ``z [..., D] -> [...]``, each output depending only on its own z.
+    z: [..., D] particles.
+
+  Returns:
+    (log_joint [...], scores [..., D]).
+  """
+  log_joint, vjp = jax.vjp(log_joint_fn, z)
+  (scores,) = vjp(jnp.ones_like(log_joint))
+  return log_joint, scores
+
+
+def svgd_move(z, scores, step_size, log_weights=None, convention="liu_wang"):
+  """Moves every example's particles along the (weighted) SVGD direction (4.12)/(4.42).
+
+  Args:
+    z: [B, M, D] particles of B examples.
+    scores: [B, M, D].
+    step_size: eps.
+    log_weights: [B, M] importance log-weights (Stein VIWAE) or None.
+    convention: median-bandwidth convention.
+
+  Returns:
+    (moved particles [B, M, D] with gradients stopped, bandwidths [B]).
+  """
+  bandwidth = jax.vmap(lambda p: kernels.median_bandwidth(p, convention))(z)
+  if log_weights is None:
+    direction = jax.vmap(svgd.svgd_direction)(z, scores, bandwidth)
+  else:
+    direction = jax.vmap(svgd.weighted_svgd_direction)(z, scores, log_weights, bandwidth)
+  return jax.lax.stop_gradient(z + step_size * direction), bandwidth
+
+
+def encoder_fit_loss(encode, x, xi, targets):
+  """(4.13): ``sum_j ||f_eta(x_n, xi_j) - z'_jn||^2 / 2``, averaged over examples.
+
+  Args:
+    encode: ``(x [B, 1, P], xi [1, M, D]) -> [B, M, D]``, closed over eta.
+    x: [B, P].
+    xi: [M, D].
+    targets: [B, M, D] moved particles z'.
+
+  Returns:
+    Scalar loss.
+  """
+  codes = encode(x[:, None, :], xi[None])
+  return 0.5 * jnp.mean(jnp.sum(jnp.square(codes - targets), axis=(-2, -1)))
+
+
+def change_of_variables_log_q(encode_one, xi):
+  """log q(z) = log N(xi; 0, I) - log |det df/dxi| for a square map z = f(xi).
+
+  Args:
+    encode_one: ``xi [D] -> z [D]`` for one example.
+    xi: [D].
+
+  Returns:
+    (z [D], log q(z) scalar).
+  """
+  z = encode_one(xi)
+  jacobian = jax.jacfwd(encode_one)(xi)
+  _, log_abs_det = jnp.linalg.slogdet(jacobian)
+  log_q0 = jnp.sum(likelihoods.gaussian_log_prob(xi, 0.0, 0.0))
+  return z, log_q0 - log_abs_det
+
+
+def make_method(config, spec):
+  """Builds the Stein VAE / VIWAE from ``config.stein_vae`` and the data spec."""
+  section = config.stein_vae
+  num_pixels = int(np.prod(spec.shape))
+  latent_dim = section.latent_dim
+  num_particles = section.num_particles
+  num_decoders = section.decoder_samples
+  encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), latent_dim, section.activation)
+  decoder = MLP(tuple(section.decoder_hidden), num_pixels, section.activation)
+  steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
+  encoder_opt = make_optimizer(section, config.train.num_steps * section.encoder_steps,
+                               steps_per_epoch * section.encoder_steps)
+  decoder_opt = make_optimizer(section, config.train.num_steps, steps_per_epoch)
+  eval_seed = config.eval.binarization_seed
+
+  def encode(eta, x, xi):
+    return encoder.apply(eta, x, xi)
+
+  def log_likelihood_x(thetas, x, z):
+    """log p(x | z) averaged over decoder samples: x [B, 1, P] or [B, P]-broadcastable."""
+    def one(theta):
+      return likelihoods.bernoulli_log_prob(x, decoder.apply(theta, z)).sum(-1)
+    if num_decoders == 1:
+      return one(thetas)
+    return jnp.mean(jax.vmap(one)(thetas), axis=0)
+
+  def log_joint(thetas, x, z):
+    log_prior = likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1)
+    return log_likelihood_x(thetas, x, z) + log_prior
+
+  def log_q_codes(eta, x, xi):
+    """Codes and change-of-variables log q for x [B, P], xi [B, M, D] -> ([B, M, D], [B, M])."""
+    def per(x_n, xi_nm):
+      return change_of_variables_log_q(lambda e: encode(eta, x_n, e), xi_nm)
+    return jax.vmap(jax.vmap(per, in_axes=(None, 0)))(x, xi)
+
+  def init(key, batch):
+    enc_key, dec_key = jax.random.split(key)
+    x = flatten(batch["x"])
+    eta = encoder.init(enc_key, x[:1], jnp.zeros((1, latent_dim)))
+    dummy_z = jnp.zeros((1, latent_dim))
+    if num_decoders == 1:
+      theta = decoder.init(dec_key, dummy_z)
+    else:
+      theta = jax.vmap(lambda k: decoder.init(k, dummy_z))(jax.random.split(dec_key, num_decoders))
+    params = {"encoder": eta, "decoder": theta}
+    opt_state = {"encoder": encoder_opt.init(eta), "decoder": decoder_opt.init(theta)}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+
+  def fit_encoder(eta, opt_state, x, xi, targets):
+    """K Adam steps on (4.13) towards the moved particles."""
+    def one_step(carry, _):
+      eta, opt_state = carry
+      loss, grads = jax.value_and_grad(
+          lambda e: encoder_fit_loss(lambda a, b: encode(e, a, b), x, xi, targets))(eta)
+      updates, opt_state = encoder_opt.update(grads, opt_state, eta)
+      return (optax.apply_updates(eta, updates), opt_state), loss
+    (eta, opt_state), losses = jax.lax.scan(one_step, (eta, opt_state), None,
+                                            length=section.encoder_steps)
+    return eta, opt_state, losses
+
+  def decoder_gradients(thetas, x, z, weights):
+    """Descent directions for theta: gradient of (4.1), or minus its SVGD direction (4.11)."""
+    def neg_log_lik(theta):
+      log_px = likelihoods.bernoulli_log_prob(x[:, None, :], decoder.apply(theta, z)).sum(-1)
+      return -jnp.mean(jnp.sum(weights * log_px, axis=1))
+    if num_decoders == 1:
+      return jax.grad(neg_log_lik)(thetas)
+    scale = spec.num_train  # log p~(theta; D) ~ N/B sum_n ...
+    def log_posterior(theta):
+      prior = sum(jnp.sum(likelihoods.gaussian_log_prob(w, 0.0, 2 * jnp.log(section.prior_std)))
+                  for w in jax.tree_util.tree_leaves(theta))
+      return -scale * neg_log_lik(theta) + prior
+    scores = jax.vmap(jax.grad(log_posterior))(thetas)
+    direction = svgd.tree_svgd_direction(thetas, scores)
+    return jax.tree_util.tree_map(lambda d: -d / scale, direction)
+
+  def train_step(state, batch, key):
+    binarize_key, noise_key = jax.random.split(key)
+    eta, thetas = state.params["encoder"], state.params["decoder"]
+    x = transforms.dynamic_binarize(binarize_key, flatten(batch["x"]))  # [B, P]
+    xi = jax.random.normal(noise_key, (num_particles, latent_dim))  # shared across examples (4.5)
+    z = encode(eta, x[:, None, :], xi[None])  # [B, M, D]
+    log_p, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
+    if section.importance_weighted:
+      xi_b = jnp.broadcast_to(xi, z.shape)
+      _, log_q = log_q_codes(eta, x, xi_b)
+      log_w = jax.lax.stop_gradient(log_p - log_q)
+      weights = bounds.normalized_weights(log_w, axis=1)
+    else:
+      log_w = None
+      weights = jnp.full(z.shape[:2], 1.0 / num_particles)
+    moved, bandwidth = svgd_move(z, scores, section.svgd_step_size, log_w,
+                                 section.bandwidth_convention)
+    eta, enc_opt_state, fit_losses = fit_encoder(eta, state.opt_state["encoder"], x, xi, moved)
+    grads = decoder_gradients(thetas, x, moved, weights)
+    updates, dec_opt_state = decoder_opt.update(grads, state.opt_state["decoder"], thetas)
+    thetas = optax.apply_updates(thetas, updates)
+    metrics = {
+        "loss": -jnp.mean(jnp.sum(weights * log_p, axis=1)),
+        "encoder_fit": fit_losses[0],
+        "kernel_bandwidth": jnp.mean(bandwidth),
+        "particle_move": jnp.mean(jnp.linalg.norm(moved - z, axis=-1)),
+    }
+    if section.importance_weighted:
+      metrics["effective_sample_size"] = jnp.mean(bounds.effective_sample_size(log_w, axis=1))
+    return state.replace(step=state.step + 1, params={"encoder": eta, "decoder": thetas},
+                         opt_state={"encoder": enc_opt_state, "decoder": dec_opt_state}), metrics
+
+  def eval_x(batch):
+    return transforms.static_binarize(flatten(batch["x"]), batch["index"], eval_seed)
+
+  def log_weights(params, x, key, num):
+    """[num, B] log p(x, z) - log q(z | x) with fresh xi per example and sample."""
+    xi = jax.random.normal(key, (x.shape[0], num, latent_dim))
+    z, log_q = log_q_codes(params["encoder"], x, xi)
+    return jnp.swapaxes(log_joint(params["decoder"], x[:, None, :], z) - log_q, 0, 1)
+
+  def eval_step(params, batch, key):
+    x = eval_x(batch)
+    return {"elbo_nats": jnp.mean(log_weights(params, x, key, section.eval_elbo_samples), axis=0)}
+
+  def log_likelihood(params, batch, key, num_samples):
+    x = eval_x(batch)
+    chunk = nll.chunk_size_for(num_samples, config.eval.max_chunk)
+    return nll.importance_log_likelihood(lambda k, n: log_weights(params, x, k, n), key,
+                                         num_samples, chunk)
+
+  def decode_mean(thetas, z):
+    if num_decoders == 1:
+      return jax.nn.sigmoid(decoder.apply(thetas, z))
+    return jnp.mean(jax.vmap(lambda t: jax.nn.sigmoid(decoder.apply(t, z)))(thetas), axis=0)
+
+  def sample(params, key, num):
+    z = jax.random.normal(key, (num, latent_dim))
+    return decode_mean(params["decoder"], z).reshape((num,) + tuple(spec.shape))
+
+  def reconstruct(params, batch, key):
+    x = eval_x(batch)
+    xi = jax.random.normal(key, (x.shape[0], latent_dim))
+    z = encode(params["encoder"], x, xi)
+    return decode_mean(params["decoder"], z).reshape(batch["x"].shape)
+
+  def encoder_mean(params, batch):
+    x = eval_x(batch)
+    xi = jax.random.normal(jax.random.PRNGKey(0), (16, 1, latent_dim))
+    return jnp.mean(encode(params["encoder"], x[None], xi), axis=0)
+
+  name = "stein_viwae" if section.importance_weighted else "stein_vae"
+  return Method(name=name, init=init, train_step=train_step, eval_step=eval_step,
+                log_likelihood=log_likelihood, sample=sample, reconstruct=reconstruct,
+                encoder_mean=encoder_mean)
+
+
+def flatten(x):
+  """[B, H, W, C] -> [B, H*W*C]."""
+  return x.reshape(x.shape[0], -1)
