@@ -67,3 +67,33 @@ def stein_vae_section(**overrides):
       adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8))
   section.update(overrides)
   return section
+
+
+def asvae_section(method="asvae", smoke=False, paper=False, **overrides):
+  """Section 5.3 / Fig. 5.1 for the AS-VAE (``method='asvae'``) or ALI (``'ali'``) on MNIST.
+
+  64 latent features, Adam at 1e-4 for every player (beta1 = 0.5, a GAN-style
+  choice the text does not state), the discriminator of Fig. 5.1 (two strided
+  3x3 convolutions and global average pooling on x, an MLP on z, concatenated,
+  an MLP), MLP encoder and decoder. The encoder's planar flow has 10 layers by
+  default (CPU), 80 with ``paper`` as in 5.3; ALI's encoder is Gaussian.
+  ``variant`` (AS-VAE only): 'full', 'r' (AS-VAE-r) or 'g' (AS-VAE-g).
+  """
+  section = ml_collections.ConfigDict(dict(
+      latent_dim=64, encoder_hidden=(200, 200), decoder_hidden=(200, 200), activation="relu",
+      flow_length=0 if method == "ali" else (80 if paper else 10), flow_init_scale=0.1,
+      relaxation_temperature=0.5,
+      disc_trunk="conv", disc_x_features=(32, 64), disc_z_hidden=(200,),
+      disc_joint_hidden=(200,), disc_activation="leaky_relu",
+      learning_rate=1e-4, disc_learning_rate=1e-4, lr_schedule="constant",
+      final_lr_fraction=1.0, adam_b1=0.5, adam_b2=0.999, adam_eps=1e-8))
+  if method == "ali":
+    section.non_saturating = True
+  else:
+    section.variant = "full"
+  if smoke:
+    section.update(latent_dim=8, encoder_hidden=(32,), decoder_hidden=(32,),
+                   flow_length=min(section.flow_length, 2), disc_x_features=(4, 8),
+                   disc_z_hidden=(16,), disc_joint_hidden=(16,))
+  section.update(overrides)
+  return section

@@ -21,6 +21,8 @@ def get_config(arg=None):
                       eval_every=25 * STEPS_PER_EPOCH, ckpt_every=5 * STEPS_PER_EPOCH)
   config.vae = common.vae_section()
   config.stein_vae = common.stein_vae_section()
+  config.asvae = common.asvae_section("asvae", smoke="smoke" in args, paper="paper" in args)
+  config.ali = common.asvae_section("ali", smoke="smoke" in args, paper="paper" in args)
   if "viwae" in args:
     config.stein_vae.importance_weighted = True
   if "iwae" in args:

@@ -11,6 +11,8 @@ __all__ = ["get_method", "METHODS"]
 METHODS = {
     "vae": "dgm_jax.models.vae",
     "stein_vae": "dgm_jax.models.stein_vae",
+    "asvae": "dgm_jax.models.asvae",
+    "ali": "dgm_jax.models.asvae",
 }
 
 

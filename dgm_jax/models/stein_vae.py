@@ -11,9 +11,10 @@ One train step, as in section 4.2:
    (4.42)-(4.43) with ``log w = log p(x, z) - log q(z | x)`` and the encoder
    density from the change of variables ``q(z|x) = q0(xi) |det df/dxi|^-1``;
 4. the encoder fitted to the moved particles by K gradient steps on (4.13);
-5. the decoder: a point estimate follows the gradient of (4.1) at the moved
-   codes (importance weighted for the VIWAE); M_theta > 1 decoder samples move
-   by SVGD (4.11) with a kernel on their flattened parameters.
+5. the decoder: a point estimate follows the gradient of (4.1) at this
+   iteration's codes, from the same backward pass as the scores (importance
+   weighted for the VIWAE); M_theta > 1 decoder samples move by SVGD (4.11)
+   with a kernel on their flattened parameters.
 
 Evaluation (4.5.2) reports the ELBO, with the entropy from the change of
 variables, and the importance-sampled bound (S-ELBO), averaged over decoder samples.
@@ -193,20 +194,20 @@ def make_method(config, spec):
     x = transforms.dynamic_binarize(binarize_key, flatten(batch["x"]))  # [B, P]
     xi = jax.random.normal(noise_key, (num_particles, latent_dim))  # shared across examples (4.5)
     z = encode(eta, x[:, None, :], xi[None])  # [B, M, D]
-    log_p, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
     if section.importance_weighted:
-      xi_b = jnp.broadcast_to(xi, z.shape)
-      _, log_q = log_q_codes(eta, x, xi_b)
+      log_p, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
+      _, log_q = log_q_codes(eta, x, jnp.broadcast_to(xi, z.shape))
       log_w = jax.lax.stop_gradient(log_p - log_q)
       weights = bounds.normalized_weights(log_w, axis=1)
+      decoder_grads = decoder_gradients(thetas, x, z, weights)
     else:
       log_w = None
       weights = jnp.full(z.shape[:2], 1.0 / num_particles)
+      log_p, scores, decoder_grads = scores_and_decoder_gradients(thetas, x, z)
     moved, bandwidth = svgd_move(z, scores, section.svgd_step_size, log_w,
                                  section.bandwidth_convention)
     eta, enc_opt_state, fit_losses = fit_encoder(eta, state.opt_state["encoder"], x, xi, moved)
-    grads = decoder_gradients(thetas, x, moved, weights)
-    updates, dec_opt_state = decoder_opt.update(grads, state.opt_state["decoder"], thetas)
+    updates, dec_opt_state = decoder_opt.update(decoder_grads, state.opt_state["decoder"], thetas)
     thetas = optax.apply_updates(thetas, updates)
     metrics = {
         "loss": -jnp.mean(jnp.sum(weights * log_p, axis=1)),
@@ -218,6 +219,21 @@ def make_method(config, spec):
       metrics["effective_sample_size"] = jnp.mean(bounds.effective_sample_size(log_w, axis=1))
     return state.replace(step=state.step + 1, params={"encoder": eta, "decoder": thetas},
                          opt_state={"encoder": enc_opt_state, "decoder": dec_opt_state}), metrics
+
+  def scores_and_decoder_gradients(thetas, x, z):
+    """One backward pass gives the z-scores (4.12) and the theta-gradient of (4.1).
+
+    The decoder's gradient is taken at the codes of this iteration, z^(t), so it
+    shares the pass that the scores need anyway; with several decoder samples it
+    falls back to the SVGD update of (4.11).
+    """
+    if num_decoders > 1:
+      log_p, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
+      return log_p, scores, decoder_gradients(thetas, x, z, jnp.full(z.shape[:2], 1.0 / num_particles))
+    log_p, vjp = jax.vjp(lambda t, c: log_joint(t, x[:, None, :], c), thetas, z)
+    theta_grads, scores = vjp(jnp.ones_like(log_p))
+    scale = -1.0 / (z.shape[0] * z.shape[1])  # descent direction of the mean negative log-joint
+    return log_p, scores, jax.tree_util.tree_map(lambda g: scale * g, theta_grads)
 
   def eval_x(batch):
     return transforms.static_binarize(flatten(batch["x"]), batch["index"], eval_seed)

@@ -1,7 +1,9 @@
 """The Stein recognition model f_eta(x, xi) of section 4.2.2.
 
 Noise ``xi ~ N(0, I)`` enters with the data: concatenated to the flattened
-image for MLPs. With ``dim xi == dim z`` the map ``xi -> z`` is square, so the
+image for MLPs. The first layer of ``[x, xi]`` is computed as ``W_x x + W_xi xi``
+(the same map), so the image part is computed once per example and shared by
+its M particles. With ``dim xi == dim z`` the map ``xi -> z`` is square, so the
 encoder density follows by the change of variables
 ``q(z | x) = q0(xi) |det d f / d xi|^-1`` (section 4.3).
 """
@@ -9,9 +11,7 @@ encoder density follows by the change of variables
 from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
-
-from dgm_jax.nets.mlp import MLP
+from dgm_jax.nets.mlp import MLP, activation_by_name
 
 __all__ = ["NoiseMLPEncoder"]
 
@@ -32,7 +32,8 @@ class NoiseMLPEncoder(nn.Module):
   @nn.compact
   def __call__(self, x, xi):
     """x: [..., D_x], xi: [..., latent_dim] (broadcast together) -> z: [..., latent_dim]."""
-    batch_shape = jnp.broadcast_shapes(x.shape[:-1], xi.shape[:-1])
-    inputs = jnp.concatenate([jnp.broadcast_to(x, batch_shape + x.shape[-1:]),
-                              jnp.broadcast_to(xi, batch_shape + xi.shape[-1:])], axis=-1)
-    return MLP(self.hidden_sizes, self.latent_dim, self.activation)(inputs)
+    act = activation_by_name(self.activation)
+    first, *rest = self.hidden_sizes
+    hidden = act(nn.Dense(first, name="input_x")(x)
+                 + nn.Dense(first, use_bias=False, name="input_xi")(xi))
+    return MLP(tuple(rest), self.latent_dim, self.activation, name="trunk")(hidden)

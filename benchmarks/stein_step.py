@@ -1,0 +1,86 @@
+"""Times the Stein VAE train step against M and against its floor, the decoder scores.
+
+Prints one JSON line: for M in (10, 20, 50, 100) particles per example, the
+seconds per jitted Stein VAE train step on MNIST-shaped data (batch 64, the
+architecture of 4.5.2), the seconds of the decoder scores alone
+(``grad_z log p(x, z)`` for the same B x M codes: the part no implementation of
+this algorithm can skip), and their ratio, all measured in the same run with
+interleaved repeats.
+
+  python benchmarks/stein_step.py [--particles 10,20,50,100 --batch 64 --repeats 10]
+"""
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import mnist
+from dgm_jax.data import transforms
+from dgm_jax.models import stein_vae
+from dgm_jax.models.base import DataSpec
+from dgm_jax.nets.mlp import MLP
+
+
+def build(num_particles, batch_size):
+  config = mnist.get_config()
+  config.data.batch_size = batch_size
+  config.stein_vae.num_particles = num_particles
+  spec = DataSpec(shape=(28, 28, 1), kind="grayscale8", num_train=50_000)
+  method = stein_vae.make_method(config, spec)
+  batch = {"x": jax.random.uniform(jax.random.PRNGKey(0), (batch_size, 28, 28, 1)),
+           "index": jnp.arange(batch_size, dtype=jnp.int32)}
+  state = jax.jit(method.init)(jax.random.PRNGKey(1), batch)
+  step = jax.jit(method.train_step)
+  section = config.stein_vae
+  decoder = MLP(tuple(section.decoder_hidden), 784, section.activation)
+  theta = state.params["decoder"]
+
+  @jax.jit
+  def scores_only(x, z):
+    def log_joint(c):
+      log_px = jnp.sum(x[:, None, :] * decoder.apply(theta, c)
+                       - jax.nn.softplus(decoder.apply(theta, c)), -1)
+      return log_px - 0.5 * jnp.sum(c**2, -1)
+    return stein_vae.latent_scores(log_joint, z)[1]
+
+  x = transforms.fixed_binarize(batch["x"].reshape(batch_size, -1))
+  z = jax.random.normal(jax.random.PRNGKey(2), (batch_size, num_particles, section.latent_dim))
+  return (lambda: step(state, batch, jax.random.PRNGKey(3))), (lambda: scores_only(x, z))
+
+
+def timed(fn):
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--particles", default="10,20,50,100")
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--repeats", type=int, default=10)
+  args = parser.parse_args()
+  rows = []
+  for num_particles in map(int, args.particles.split(",")):
+    step_fn, scores_fn = build(num_particles, args.batch)
+    timed(step_fn), timed(scores_fn)  # compile
+    step_s, scores_s = [], []
+    for _ in range(args.repeats):
+      step_s.append(timed(step_fn))
+      scores_s.append(timed(scores_fn))
+    step_med, scores_med = float(np.median(step_s)), float(np.median(scores_s))
+    rows.append({"num_particles": num_particles, "step_ms": round(step_med * 1e3, 3),
+                 "decoder_scores_ms": round(scores_med * 1e3, 3),
+                 "step_over_scores": round(step_med / scores_med, 3)})
+  print(json.dumps({"benchmark": "stein_step", "batch": args.batch, "rows": rows,
+                    "backend": jax.default_backend(), "jax": jax.__version__,
+                    "machine": platform.machine()}))
+
+
+if __name__ == "__main__":
+  main()

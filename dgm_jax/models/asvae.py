@@ -1,0 +1,411 @@
+"""The Adversarial Symmetric VAE (section 5.2) and the ALI baseline (5.1).
+
+Both methods share one harness on binarized images: a reparametrized encoder
+``z = z_phi(x, eps)`` (a diagonal Gaussian, optionally pushed through a stack of
+planar flows, section 5.3) and a reparametrized decoder ``x = x_theta(z, xi)``.
+
+The AS-VAE (``method='asvae'``) trains two discriminators by (5.3) and (5.4),
+whose optima (5.5) are ``f_psi1* = log q_phi(x, z) - log p_theta(x) p(z)`` and
+``f_psi2* = log p_theta(x, z) - log q(x) q_phi(z)``, and the encoder and decoder
+by maximizing (5.14),
+``E_q(x,z)[log p(x|z) - f_psi1] + E_p(x,z)[log q(z|x) - f_psi2]`` (the signs
+are derived in ``dgm_jax.adversarial``; (5.15) prints the negative). Variants
+(``asvae.variant``): ``'full'``; ``'r'`` (AS-VAE-r, only the encoder-pair half
+L_VAEx (5.12), with f_psi1 alone); ``'g'`` (AS-VAE-g, only the decoder-pair half
+L_VAEz (5.13), with f_psi2 alone). ALI (``method='ali'``) trains one joint
+discriminator by (5.1) and the encoder and decoder adversarially only.
+
+Sampling x_theta for binary pixels: a Bernoulli draw is not differentiable in
+theta, so ``x_theta(z, xi) = sigmoid((logits_theta(z) + xi) / tau)`` with
+``xi ~ Logistic(0, 1)``, the binary Concrete (Gumbel-sigmoid) relaxation of
+Bernoulli(sigmoid(logits)) at temperature ``tau`` (``relaxation_temperature``),
+which becomes the Bernoulli draw as tau -> 0. Such samples are never exactly 0
+or 1, so a discriminator shown binary data could separate data from decoded
+images by binariness alone. Training data are therefore binarized by the same
+construction: with ``l ~ Logistic(0, 1)`` per pixel and gray level g, the
+binary image ``1[logit(g) + l > 0]`` (an exact Bernoulli(g) draw) feeds the
+encoder and ``log p(x|z)``, and its relaxed twin ``sigmoid((logit(g) + l) /
+tau)`` is the x the discriminators see, so both sides of every discriminator
+live in the same relaxed pixel space. The encoder's density on decoder pairs,
+``log q_phi(z | x_theta)``, is evaluated at the relaxed x.
+
+Planar flows are not invertible in closed form, but the decoder-pair term needs
+``log q_phi(z|x)`` at a prior draw z; ``planar_flow_stack_inverse`` inverts each
+layer by bisection on its scalar equation, and one Newton step at the root
+carries the implicit-function gradients. The flow parameters are shared by all
+x (not amortized); the Gaussian base is amortized.
+
+Evaluation, on one fixed binarization of each split as in ``models.vae``: the
+importance-sampled NLL with the encoder as the proposal (valid for ALI too,
+since its encoder has an explicit density; an adversarially trained encoder may
+be a poor proposal, which shows as a loose estimate), a one-sample ELBO, and
+``rmse``: per example, the root mean square over pixels between the decoder's
+probabilities at the encoder's code of the binarized image (the flow applied to
+the base mean) and the gray input in [0, 1], the Bernoulli means the binary
+pixels were drawn from, so binarization noise does not set a floor on it.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from dgm_jax import adversarial, flows, likelihoods
+from dgm_jax.data import transforms
+from dgm_jax.eval import nll
+from dgm_jax.models.base import Method, make_optimizer
+from dgm_jax.nets.discriminators import TRUNKS, JointDiscriminator
+from dgm_jax.nets.mlp import MLP, GaussianMLP
+from dgm_jax.train.state import TrainState
+
+__all__ = [
+    "make_method",
+    "asvae_generator_loss",
+    "relaxed_binarize",
+    "relaxed_bernoulli",
+    "planar_flow_stack_inverse",
+    "VARIANTS",
+    "DISCRIMINATORS",
+]
+
+VARIANTS = ("full", "r", "g")
+# The discriminators each method and variant trains; the other players are always
+# "encoder" and "decoder".
+DISCRIMINATORS = {
+    ("asvae", "full"): ("psi1", "psi2"),
+    ("asvae", "r"): ("psi1",),
+    ("asvae", "g"): ("psi2",),
+    ("ali", None): ("psi",),
+}
+
+
+def asvae_generator_loss(encoder_pair_terms, decoder_pair_terms, variant):
+  """The encoder/decoder loss of (5.16): minus (5.14), or one half of it.
+
+  Args:
+    encoder_pair_terms: [B] ``log p(x|z) - f_psi1`` on encoder pairs
+      (``adversarial.asvae_encoder_pair_term``), or None for variant 'g'.
+    decoder_pair_terms: [B] ``log q(z|x) - f_psi2`` on decoder pairs
+      (``adversarial.asvae_decoder_pair_term``), or None for variant 'r'.
+    variant: 'full' (both halves), 'r' (encoder pairs only, L_VAEx of (5.12))
+      or 'g' (decoder pairs only, L_VAEz of (5.13)); the unused half is ignored.
+
+  Returns:
+    Scalar loss: minus the batch mean of the used terms.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f"variant={variant!r}; choose one of {VARIANTS}")
+  loss = 0.0
+  if variant in ("full", "r"):
+    loss = loss - jnp.mean(encoder_pair_terms)
+  if variant in ("full", "g"):
+    loss = loss - jnp.mean(decoder_pair_terms)
+  return loss
+
+
+def relaxed_bernoulli(logits, logistic_noise, temperature):
+  """Binary Concrete sample ``sigmoid((logits + noise) / temperature)``.
+
+  Args:
+    logits: [...] Bernoulli logits (may be +-inf for probabilities 0 and 1).
+    logistic_noise: [...] draws of Logistic(0, 1).
+    temperature: tau > 0.
+
+  Returns:
+    [...] values in [0, 1]; ``> 1/2`` exactly where the Bernoulli draw driven
+    by the same noise is 1.
+  """
+  return jax.nn.sigmoid((logits + logistic_noise) / temperature)
+
+
+def relaxed_binarize(key, gray, temperature):
+  """A Bernoulli(gray) binarization and its relaxed twin from the same noise.
+
+  Args:
+    key: PRNG key.
+    gray: [...] pixel probabilities in [0, 1].
+    temperature: tau of the relaxation.
+
+  Returns:
+    ``(binary, relaxed)``, both [...] in gray's dtype: ``binary = 1[logit(gray)
+    + l > 0]`` with ``l ~ Logistic(0, 1)``, so ``P(binary = 1) = gray``, and
+    ``relaxed = relaxed_bernoulli(logit(gray), l, temperature)``.
+  """
+  noise = jax.random.logistic(key, gray.shape, gray.dtype)
+  logits = jnp.log(gray) - jnp.log1p(-gray)  # -inf at 0, +inf at 1
+  binary = (logits + noise > 0).astype(gray.dtype)
+  return binary, relaxed_bernoulli(logits, noise, temperature)
+
+
+def planar_flow_stack_inverse(z, params, num_bisections=60):
+  """Inverts ``flows.planar_flow_stack``: the z_0 with ``stack(z_0) = z``.
+
+  Layer k maps ``z' = z + u_hat tanh(a)``, ``a = w . z + b``; with ``m = w .
+  u_hat > -1`` the pre-activation solves ``a + m tanh(a) = w . z' + b =: c``, a
+  strictly increasing scalar equation whose root lies in ``[c - |m|, c + |m|]``.
+  Bisection finds it without gradients; one Newton step from the stopped root
+  gives the value and, by the implicit function theorem, exact gradients with
+  respect to z and the flow parameters. Then ``z = z' - u_hat tanh(a)``.
+
+  Args:
+    z: [..., D] flow outputs z_K.
+    params: ``{"u": [K, D], "w": [K, D], "b": [K]}``.
+    num_bisections: bisection steps per layer (60 halve the bracket past the
+      float64 resolution).
+
+  Returns:
+    [..., D] z_0.
+  """
+
+  def invert_layer(z_out, layer):
+    u, w, b = layer
+    u_hat = flows.invertible_u(u, w)
+    m = jnp.dot(w, u_hat)
+    c = jnp.einsum("...d,d->...", z_out, w) + b
+    h = lambda a: a + m * jnp.tanh(a) - c
+
+    def bisect(_, bracket):
+      lo, hi = bracket
+      mid = 0.5 * (lo + hi)
+      below = h(mid) < 0
+      return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    width = jnp.abs(m) + 1e-6
+    lo, hi = jax.lax.fori_loop(0, num_bisections, bisect, (c - width, c + width))
+    root = jax.lax.stop_gradient(0.5 * (lo + hi))
+    pre_activation = root - h(root) / (1.0 + m * (1.0 - jnp.square(jnp.tanh(root))))
+    return z_out - u_hat * jnp.tanh(pre_activation)[..., None], None
+
+  layers = (params["u"][::-1], params["w"][::-1], params["b"][::-1])
+  z_0, _ = jax.lax.scan(invert_layer, z, layers)
+  return z_0
+
+
+def make_method(config, spec):
+  """Builds AS-VAE (``config.method == 'asvae'``) or ALI (``'ali'``) from its section."""
+  method_name = config.get("method", "")
+  if method_name not in ("asvae", "ali"):
+    raise ValueError(f"config.method={method_name!r}; dgm_jax.models.asvae builds 'asvae' "
+                     "and 'ali' (the launcher sets config.method)")
+  section = config[method_name]
+  variant = section.variant if method_name == "asvae" else None
+  _check(section, spec, method_name)
+  discriminators = DISCRIMINATORS[(method_name, variant)]
+  players = ("encoder", "decoder") + discriminators
+  num_pixels = int(np.prod(spec.shape))
+  latent_dim, flow_length = section.latent_dim, section.flow_length
+  temperature = section.relaxation_temperature
+  eval_seed = config.eval.binarization_seed
+
+  encoder = GaussianMLP(tuple(section.encoder_hidden), latent_dim, section.activation)
+  decoder = MLP(tuple(section.decoder_hidden), num_pixels, section.activation)
+  discriminator = JointDiscriminator(
+      trunk=section.disc_trunk, x_features=tuple(section.disc_x_features),
+      z_hidden=tuple(section.disc_z_hidden), joint_hidden=tuple(section.disc_joint_hidden),
+      activation=section.disc_activation, image_shape=tuple(spec.shape))
+  steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
+  disc_section = ml_collections.ConfigDict(section.to_dict())
+  disc_section.learning_rate = section.disc_learning_rate
+  optimizers = {name: make_optimizer(disc_section if name in discriminators else section,
+                                     config.train.num_steps, steps_per_epoch)
+                for name in players}
+
+  def encode(params, x, eps):
+    """Codes and log q(z|x) for x: [B, P], eps: [..., B, D] -> ([..., B, D], [..., B])."""
+    mean, log_var = encoder.apply(params["encoder"]["net"], x)
+    z_0 = mean + jnp.exp(0.5 * log_var) * eps
+    z, log_det = push(params, z_0)
+    return z, likelihoods.gaussian_log_prob(z_0, mean, log_var).sum(-1) - log_det
+
+  def push(params, z_0):
+    if flow_length == 0:
+      return z_0, jnp.zeros(z_0.shape[:-1], z_0.dtype)
+    return flows.planar_flow_stack(z_0, params["encoder"]["flow"])
+
+  def log_q(params, x, z):
+    """log q_phi(z|x) at given codes z: [B, D], x: [B, P] -> [B]."""
+    mean, log_var = encoder.apply(params["encoder"]["net"], x)
+    z_0 = z if flow_length == 0 else planar_flow_stack_inverse(z, params["encoder"]["flow"])
+    _, log_det = push(params, z_0)
+    return likelihoods.gaussian_log_prob(z_0, mean, log_var).sum(-1) - log_det
+
+  def decode(params, z):
+    return decoder.apply(params["decoder"], z)
+
+  def logit_of(params, name, x, z):
+    return discriminator.apply(params[name], x, z)
+
+  def draw_pairs(params, x_binary, noise):
+    """Encoder codes of the data and relaxed decoder images of prior codes."""
+    z_encoder, _ = encode(params, x_binary, noise["eps"])
+    x_decoder = relaxed_bernoulli(decode(params, noise["z_prior"]), noise["xi"], temperature)
+    return z_encoder, x_decoder
+
+  def discriminator_loss(disc_params, x_relaxed, z_encoder, x_decoder, noise):
+    """Sum over discriminators of their mean losses (5.3), (5.4) or (5.1); and metrics."""
+    losses = {}
+    if "psi1" in disc_params:   # real: encoder pairs; fake: decoded x with an independent z
+      losses["d1_loss"] = adversarial.psi1_loss(
+          logit_of(disc_params, "psi1", x_relaxed, z_encoder),
+          logit_of(disc_params, "psi1", x_decoder, noise["z_independent"])).mean()
+    if "psi2" in disc_params:   # real: decoder pairs; fake: data x with another example's code
+      losses["d2_loss"] = adversarial.psi2_loss(
+          logit_of(disc_params, "psi2", x_decoder, noise["z_prior"]),
+          logit_of(disc_params, "psi2", x_relaxed, jnp.roll(z_encoder, 1, axis=0))).mean()
+    if "psi" in disc_params:    # ALI: real: encoder pairs; fake: decoder pairs
+      losses["d_loss"] = adversarial.ali_discriminator_loss(
+          logit_of(disc_params, "psi", x_relaxed, z_encoder),
+          logit_of(disc_params, "psi", x_decoder, noise["z_prior"])).mean()
+    return sum(losses.values()), losses
+
+  def generator_loss(gen_params, disc_params, x_binary, x_relaxed, noise):
+    """Minus (5.14) (AS-VAE) or the ALI generator loss, through reparametrized samples."""
+    params = {**gen_params, **disc_params}
+    z_encoder, x_decoder = draw_pairs(params, x_binary, noise)
+    if method_name == "ali":
+      loss = adversarial.ali_generator_loss(
+          logit_of(params, "psi", x_relaxed, z_encoder),
+          logit_of(params, "psi", x_decoder, noise["z_prior"]),
+          non_saturating=section.non_saturating).mean()
+      return loss, {}
+    metrics, encoder_terms, decoder_terms = {}, None, None
+    if "psi1" in params:
+      log_px_given_z = likelihoods.bernoulli_log_prob(x_binary, decode(params, z_encoder)).sum(-1)
+      encoder_terms = adversarial.asvae_encoder_pair_term(
+          log_px_given_z, logit_of(params, "psi1", x_relaxed, z_encoder))
+      metrics.update(log_px_given_z=log_px_given_z.mean(), lvaex_nats=encoder_terms.mean())
+    if "psi2" in params:
+      log_qz_given_x = log_q(params, x_decoder, noise["z_prior"])
+      decoder_terms = adversarial.asvae_decoder_pair_term(
+          log_qz_given_x, logit_of(params, "psi2", x_decoder, noise["z_prior"]))
+      metrics.update(log_qz_given_x=log_qz_given_x.mean(), lvaez_nats=decoder_terms.mean())
+    return asvae_generator_loss(encoder_terms, decoder_terms, variant), metrics
+
+  def init(key, batch):
+    keys = jax.random.split(key, len(players) + 1)
+    x = flatten(batch["x"])
+    z = jnp.zeros(x.shape[:1] + (latent_dim,), x.dtype)
+    params = {"encoder": {"net": encoder.init(keys[0], x)}, "decoder": decoder.init(keys[1], z)}
+    if flow_length:
+      params["encoder"]["flow"] = flows.init_planar_params(
+          keys[-1], latent_dim, flow_length, section.flow_init_scale)
+    for name, k in zip(discriminators, keys[2:]):
+      params[name] = discriminator.init(k, x, z)
+    opt_state = {name: optimizers[name].init(params[name]) for name in players}
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
+
+  def train_step(state, batch, key):
+    """One step of every player, in this order.
+
+    1. Draw the step's noise (eps for the encoder, prior codes, logistic xi for
+       the decoder, independent prior codes) and binarize the batch; form the
+       encoder pairs ``(x, z_phi(x, eps))`` and decoder pairs ``(x_theta(z,
+       xi), z)`` with the current encoder and decoder, gradients stopped.
+    2. Discriminators: one Adam step each on the mean of (5.3) / (5.4) (ALI:
+       (5.1)) on those pairs and their negatives.
+    3. Encoder and decoder: one Adam step on minus (5.14) (or its half for
+       variants 'r' / 'g'; ALI: the generator loss of (5.1)), re-forming the
+       pairs from the same noise, against the discriminators updated in 2.
+    """
+    names = ("data", "eps", "z_prior", "xi", "z_independent")
+    keys = dict(zip(names, jax.random.split(key, len(names))))
+    x_binary, x_relaxed = relaxed_binarize(keys["data"], flatten(batch["x"]), temperature)
+    codes_shape = x_binary.shape[:1] + (latent_dim,)
+    noise = {
+        "eps": jax.random.normal(keys["eps"], codes_shape, x_binary.dtype),
+        "z_prior": jax.random.normal(keys["z_prior"], codes_shape, x_binary.dtype),
+        "xi": jax.random.logistic(keys["xi"], x_binary.shape, x_binary.dtype),
+        "z_independent": jax.random.normal(keys["z_independent"], codes_shape, x_binary.dtype),
+    }
+    params, opt_state = dict(state.params), dict(state.opt_state)
+    disc_params = {name: params[name] for name in discriminators}
+    gen_params = {"encoder": params["encoder"], "decoder": params["decoder"]}
+
+    z_encoder, x_decoder = jax.lax.stop_gradient(draw_pairs(params, x_binary, noise))
+    disc_grads, disc_metrics = jax.grad(discriminator_loss, has_aux=True)(
+        disc_params, x_relaxed, z_encoder, x_decoder, noise)
+    update(params, opt_state, disc_grads)
+
+    disc_params = {name: params[name] for name in discriminators}
+    (loss, gen_metrics), gen_grads = jax.value_and_grad(generator_loss, has_aux=True)(
+        gen_params, disc_params, x_binary, x_relaxed, noise)
+    update(params, opt_state, gen_grads)
+
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(gen_grads),
+               **disc_metrics, **gen_metrics}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def update(params, opt_state, grads):
+    """Applies one optimizer step per player named in ``grads`` (in place on the dicts)."""
+    for name, grad in grads.items():
+      updates, opt_state[name] = optimizers[name].update(grad, opt_state[name], params[name])
+      params[name] = optax.apply_updates(params[name], updates)
+
+  def eval_x(batch):
+    return transforms.static_binarize(flatten(batch["x"]), batch["index"], eval_seed)
+
+  def log_weights(params, x, key, num_samples):
+    """[num_samples, B] log p(x, z) - log q(z|x) for z ~ q(z|x), x: [B, P] binary."""
+    eps = jax.random.normal(key, (num_samples,) + x.shape[:1] + (latent_dim,), x.dtype)
+    z, log_qz = encode(params, x, eps)
+    log_px_z = likelihoods.bernoulli_log_prob(x, decode(params, z)).sum(-1)
+    return log_px_z + likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1) - log_qz
+
+  def code_of(params, x):
+    """The flow image of the base mean: a deterministic code of x [B, P] -> [B, D]."""
+    mean, _ = encoder.apply(params["encoder"]["net"], x)
+    return push(params, mean)[0]
+
+  def eval_step(params, batch, key):
+    x = eval_x(batch)
+    probs = jax.nn.sigmoid(decode(params, code_of(params, x)))
+    gray = flatten(batch["x"]).astype(probs.dtype)
+    return {"elbo_nats": log_weights(params, x, key, 1)[0],
+            "rmse": jnp.sqrt(jnp.mean(jnp.square(probs - gray), axis=-1))}
+
+  def log_likelihood(params, batch, key, num_samples):
+    x = eval_x(batch)
+    chunk = nll.chunk_size_for(num_samples, config.eval.max_chunk)
+    return nll.importance_log_likelihood(
+        lambda k, n: log_weights(params, x, k, n), key, num_samples, chunk)
+
+  def sample(params, key, num):
+    z = jax.random.normal(key, (num, latent_dim))
+    return jax.nn.sigmoid(decode(params, z)).reshape((num,) + tuple(spec.shape))
+
+  def reconstruct(params, batch, key):
+    del key
+    probs = jax.nn.sigmoid(decode(params, code_of(params, eval_x(batch))))
+    return probs.reshape(batch["x"].shape)
+
+  def encoder_mean(params, batch):
+    return encoder.apply(params["encoder"]["net"], eval_x(batch))[0]
+
+  name = method_name if method_name == "ali" or variant == "full" else f"asvae_{variant}"
+  return Method(name=name, init=init, train_step=train_step, eval_step=eval_step,
+                log_likelihood=log_likelihood, sample=sample, reconstruct=reconstruct,
+                encoder_mean=encoder_mean if flow_length == 0 else None)
+
+
+def _check(section, spec, method_name):
+  """Raises ValueError naming the first bad setting of ``config.<method_name>``."""
+  if method_name == "asvae" and section.variant not in VARIANTS:
+    raise ValueError(f"variant={section.variant!r}; choose one of {VARIANTS}")
+  if section.disc_trunk not in TRUNKS:
+    raise ValueError(f"disc_trunk={section.disc_trunk!r}; choose one of {TRUNKS}")
+  if section.disc_trunk == "conv" and len(spec.shape) != 3:
+    raise ValueError(f"disc_trunk='conv' needs images [H, W, C], the data are {spec.shape}; "
+                     "use disc_trunk='mlp'")
+  if spec.kind not in ("grayscale8", "grayscale17"):
+    raise ValueError(f"data of kind {spec.kind!r}: {method_name} models binarized grayscale "
+                     "images only (pixels as Bernoulli probabilities, section 5.3.1)")
+  if not section.relaxation_temperature > 0:
+    raise ValueError(f"relaxation_temperature={section.relaxation_temperature!r} must be > 0")
+  if section.flow_length < 0:
+    raise ValueError(f"flow_length={section.flow_length!r} must be >= 0 (0: Gaussian encoder)")
+
+
+def flatten(x):
+  """[B, H, W, C] -> [B, H*W*C]."""
+  return x.reshape(x.shape[0], -1)
