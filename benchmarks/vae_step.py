@@ -26,10 +26,18 @@ one sample), measured three ways in the same process:
 The three are interleaved (loop, bare, torch, loop, bare, torch, ...) and the
 medians over ``--repeats`` are reported, so load from other processes on the
 machine weighs on all three alike. ``loop_overhead = bare / loop - 1``; the
-target is at most 0.10.
+target is at most 0.10. ``loop_overhead_paired_median`` is the median of the
+per-round ratios.
+
+Each measurement also records the process CPU time per step (all threads:
+XLA's or torch's workers and the Python thread), read over the same steps.
+On a CPU backend whose cores are busy, the loop's host work is not hidden
+behind the computation, so ``loop_cpu_overhead = loop_cpu / bare_cpu - 1``
+tracks the wall-clock overhead while being far less sensitive to other
+processes on the machine than the steps/s are.
 
   DGM_JAX_DATA_DIR=/path/with/mnist python benchmarks/vae_step.py [--steps 3000 --repeats 5]
-  python benchmarks/vae_step.py --steps 30 --repeats 1 --no-torch   # seconds
+  python benchmarks/vae_step.py --steps 30 --repeats 1 --no-torch   # a quick check
 """
 
 import argparse
@@ -88,12 +96,26 @@ def load_data(config):
 
 
 def measure_loop(config, data, mesh, spec, workdir):
-  """Steps/s of one real ``_Trainer`` run, from its metrics.jsonl, first interval excluded."""
-  # loop._Trainer's step_fn carries @chex.assert_max_traces(n=1), counted per code object
-  # across instances: a second trainer in one process would trip it without this reset.
+  """One real ``_Trainer`` run: (steps/s, process CPU ms per step, timed steps).
+
+  Steps/s comes from the loop's own ``steps_per_second`` entries in
+  metrics.jsonl, first (compilation) interval excluded. The process CPU time is
+  read at the same moments, when the loop hands its train metrics to the writer.
+  """
+  # loop._Trainer's step_fn carries @chex.assert_max_traces(n=1), whose counter is keyed
+  # by the function's source, not the instance: a second trainer in one process trips it.
   chex.clear_trace_counter()
   method = models.get_method(METHOD)(config, spec)
   trainer = loop._Trainer(config, method, data, mesh, workdir)  # pylint: disable=protected-access
+  cpu_marks = {}
+  write = trainer.writer.write
+
+  def write_and_mark(step, split, metrics):
+    if split == "train":
+      cpu_marks[step] = time.process_time()
+    return write(step, split, metrics)
+
+  trainer.writer.write = write_and_mark
   trainer.train_and_evaluate(METHOD)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
@@ -103,7 +125,16 @@ def measure_loop(config, data, mesh, spec, workdir):
     interval = row["step"] - previous["step"]
     steps += interval
     seconds += interval / row["steps_per_second"]
-  return steps / seconds, steps
+  cpu_s = cpu_marks[train[-1]["step"]] - cpu_marks[train[0]["step"]]
+  return steps / seconds, 1e3 * cpu_s / steps, steps
+
+
+def timed(run, num_steps):
+  """(steps/s, process CPU ms per step) of ``run(num_steps)``."""
+  start, cpu_start = time.perf_counter(), time.process_time()
+  run(num_steps)
+  wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+  return num_steps / wall, 1e3 * cpu / num_steps
 
 
 class BareStep:
@@ -125,11 +156,6 @@ class BareStep:
       state, _ = self.step(state, batch)
     jax.block_until_ready(state)
     self.state = state
-
-  def measure(self, num_steps):
-    start = time.perf_counter()
-    self.run(num_steps)
-    return num_steps / (time.perf_counter() - start)
 
 
 class TorchStep:
@@ -182,11 +208,6 @@ class TorchStep:
     for _ in range(num_steps):
       loss = self.step()
     return float(loss.detach())
-
-  def measure(self, num_steps):
-    start = time.perf_counter()
-    self.run(num_steps)
-    return num_steps / (time.perf_counter() - start)
 
 
 def import_torch(wanted):
@@ -259,18 +280,22 @@ def main():
 
   root = args.keep_workdirs or tempfile.mkdtemp(prefix="vae_step_")
   rates = {"loop": [], "bare": [], "torch": []}
+  cpu_ms = {"loop": [], "bare": [], "torch": []}
   loop_steps = 0
   try:
     for repeat in range(args.repeats):
-      rate, loop_steps = measure_loop(config, data, mesh, spec,
-                                      os.path.join(root, f"loop_{repeat}"))
+      rate, cpu, loop_steps = measure_loop(config, data, mesh, spec,
+                                           os.path.join(root, f"loop_{repeat}"))
       rates["loop"].append(rate)
-      time.sleep(args.settle)
-      rates["bare"].append(bare.measure(args.steps))
-      time.sleep(args.settle)
-      if peer is not None:
-        rates["torch"].append(peer.measure(args.steps))
+      cpu_ms["loop"].append(cpu)
+      for name, runner in (("bare", bare), ("torch", peer)):
+        if runner is None:
+          continue
         time.sleep(args.settle)
+        rate, cpu = timed(runner.run, args.steps)
+        rates[name].append(rate)
+        cpu_ms[name].append(cpu)
+      time.sleep(args.settle)
       print(f"vae_step: round {repeat + 1}/{args.repeats} steps/s: "
             + "  ".join(f"{k}={v[-1]:.1f}" for k, v in rates.items() if v),
             file=sys.stderr, flush=True)
@@ -279,6 +304,7 @@ def main():
       shutil.rmtree(root, ignore_errors=True)
 
   loop_rate, bare_rate, torch_rate = (median(rates[k]) for k in ("loop", "bare", "torch"))
+  loop_cpu, bare_cpu, torch_cpu = (median(cpu_ms[k]) for k in ("loop", "bare", "torch"))
   paired = [b / l - 1.0 for l, b in zip(rates["loop"], rates["bare"])]
   result = {
       "benchmark": "vae_step",
@@ -290,8 +316,12 @@ def main():
       "loop_overhead": round(bare_rate / loop_rate - 1.0, 4),
       "loop_overhead_paired_median": round(median(paired), 4),
       "overhead_target": 0.10,
+      "cpu_ms_per_step": {"loop": round(loop_cpu, 3), "bare": round(bare_cpu, 3),
+                          "torch": None if torch_cpu is None else round(torch_cpu, 3)},
+      "loop_cpu_overhead": round(loop_cpu / bare_cpu - 1.0, 4),
       "torch_note": torch_note,
       "per_repeat_steps_per_s": {k: [round(v, 2) for v in rates[k]] for k in rates},
+      "per_repeat_cpu_ms_per_step": {k: [round(v, 3) for v in cpu_ms[k]] for k in cpu_ms},
       "steps_timed": {"loop": loop_steps, "bare": args.steps,
                       "torch": args.steps if peer is not None else 0},
       "repeats": args.repeats,

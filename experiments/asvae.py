@@ -3,7 +3,7 @@
   python -m experiments.asvae --config=configs/mnist.py                             # AS-VAE
   python -m experiments.asvae --config=configs/mnist.py --config.asvae.variant=r    # AS-VAE-r
   python -m experiments.asvae --config=configs/mnist.py --config.asvae.variant=g    # AS-VAE-g
-  python -m experiments.asvae --config=configs/mnist.py:paper                       # flow of length 80
+  python -m experiments.asvae --config=configs/mnist.py:paper    # encoder flow of length 80
   python -m experiments.asvae --config=configs/mnist.py:smoke --workdir=/tmp/asvae
 """
 

@@ -34,12 +34,15 @@ def test_tiny_run_prints_one_json_line_with_positive_rates(tmp_path):
   assert result["batch_size"] == 100 and result["dataset"] == "mnist" and result["data_source"]
   for key in ("loop_steps_per_s", "bare_steps_per_s"):
     assert math.isfinite(result[key]) and result[key] > 0, (key, result[key])
-  assert math.isfinite(result["loop_overhead"])
+  assert math.isfinite(result["loop_overhead"]) and math.isfinite(result["loop_cpu_overhead"])
+  for key in ("loop", "bare"):
+    assert result["cpu_ms_per_step"][key] > 0, key
   # One timed interval of 20 steps after the 10-step warm-up interval of the loop.
   assert result["steps_timed"]["loop"] == 20 and result["steps_timed"]["bare"] == 20
   assert len(result["per_repeat_steps_per_s"]["loop"]) == 1
   if HAS_TORCH:
-    assert result["torch_steps_per_s"] > 0 and result["torch"]
+    assert result["torch_steps_per_s"] > 0 and result["cpu_ms_per_step"]["torch"] > 0
+    assert result["torch"]
   else:
     assert result["torch_steps_per_s"] is None and result["torch_note"]
   for key in ("jax", "backend", "machine"):

@@ -113,8 +113,8 @@ def relaxed_bernoulli(logits, logistic_noise, temperature):
     temperature: tau > 0.
 
   Returns:
-    [...] values in [0, 1]; ``> 1/2`` exactly where the Bernoulli draw driven
-    by the same noise is 1.
+    [...] values in [0, 1], above 1/2 where the Bernoulli draw driven by the
+    same noise, ``1[logits + noise > 0]``, is 1.
   """
   return jax.nn.sigmoid((logits + logistic_noise) / temperature)
 
@@ -163,22 +163,25 @@ def planar_flow_stack_inverse(z, params, num_bisections=60):
     u_hat = flows.invertible_u(u, w)
     m = jnp.dot(w, u_hat)
     c = jnp.einsum("...d,d->...", z_out, w) + b
-    h = lambda a: a + m * jnp.tanh(a) - c
+    c_fixed, m_fixed = jax.lax.stop_gradient((c, m))  # no tangents enter the loop
+    h_fixed = lambda a: a + m_fixed * jnp.tanh(a) - c_fixed
 
     def bisect(_, bracket):
       lo, hi = bracket
       mid = 0.5 * (lo + hi)
-      below = h(mid) < 0
+      below = h_fixed(mid) < 0
       return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
-    width = jnp.abs(m) + 1e-6
-    lo, hi = jax.lax.fori_loop(0, num_bisections, bisect, (c - width, c + width))
-    root = jax.lax.stop_gradient(0.5 * (lo + hi))
-    pre_activation = root - h(root) / (1.0 + m * (1.0 - jnp.square(jnp.tanh(root))))
+    width = jnp.abs(m_fixed) + 1e-6
+    lo, hi = jax.lax.fori_loop(0, num_bisections, bisect, (c_fixed - width, c_fixed + width))
+    root = 0.5 * (lo + hi)
+    tanh_root = jnp.tanh(root)
+    pre_activation = root - (root + m * tanh_root - c) / (1.0 + m * (1.0 - jnp.square(tanh_root)))
     return z_out - u_hat * jnp.tanh(pre_activation)[..., None], None
 
-  layers = (params["u"][::-1], params["w"][::-1], params["b"][::-1])
-  z_0, _ = jax.lax.scan(invert_layer, z, layers)
+  dtype = jnp.result_type(z, params["u"], params["w"], params["b"])
+  layers = tuple(jnp.asarray(params[name][::-1], dtype) for name in ("u", "w", "b"))
+  z_0, _ = jax.lax.scan(invert_layer, jnp.asarray(z, dtype), layers)
   return z_0
 
 
@@ -332,7 +335,7 @@ def make_method(config, spec):
         gen_params, disc_params, x_binary, x_relaxed, noise)
     update(params, opt_state, gen_grads)
 
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(gen_grads),
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(gen_grads),
                **disc_metrics, **gen_metrics}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

@@ -43,6 +43,8 @@ def run(config, workdir=None, method_name=None):
     The dict written to ``results.json``.
   """
   method_name = method_name or config.method
+  with config.unlocked():
+    config.method = method_name
   config_check.validate(config, method_name)
   parallel.maybe_initialize_distributed(config.get("distributed", False))
   workdir = workdir or default_workdir(method_name, config.data.name)
@@ -161,6 +163,10 @@ class _Trainer:
     """Mean per-example metrics (and NLL when asked) over a whole split."""
     key = jax.random.fold_in(self.eval_key, step)
     sums, count = {}, 0
+    total = self.data.num_examples[split]
+    if split == "valid" and self.config.eval.max_valid_examples:
+      total = min(total, self.config.eval.max_valid_examples)
+    progress = writers.ProgressLine(0, total, unit="examples", every_s=60.0)
     for i, batch in enumerate(pipeline.eval_batches(self.data, split, self.config.eval.batch_size)):
       mask = batch.pop("mask")
       batch_key = jax.random.fold_in(key, i)
@@ -170,6 +176,7 @@ class _Trainer:
       for name, values in jax.device_get(per_example).items():
         sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values)[mask]))
       count += int(mask.sum())
+      progress.maybe_log(count, f"{split} evaluation (K={num_importance_samples})")
       if split == "valid" and 0 < self.config.eval.max_valid_examples <= count:
         break
     metrics = {name: total / count for name, total in sums.items()}

@@ -49,10 +49,23 @@ class MetricWriter:
 class ProgressLine:
   """Logs ``step, steps/s, ETA`` and the main metrics at a steady cadence."""
 
-  def __init__(self, start_step, num_steps):
+  def __init__(self, start_step, num_steps, unit="steps", every_s=None):
     self._num_steps = num_steps
     self._last_step = start_step
     self._last_time = time.perf_counter()
+    self._unit, self._every_s = unit, every_s
+    self._start_step, self._start_time = start_step, self._last_time
+
+  def maybe_log(self, done, label):
+    """Logs ``label done/total, rate, ETA`` at most every ``every_s`` seconds."""
+    now = time.perf_counter()
+    if self._every_s is None or now - self._last_time < self._every_s:
+      return
+    self._last_time = now
+    rate = (done - self._start_step) / max(now - self._start_time, 1e-9)
+    eta_s = (self._num_steps - done) / max(rate, 1e-9)
+    logging.info("%s: %d/%d %s  %.1f %s/s  ETA %s", label, done, self._num_steps, self._unit,
+                 rate, self._unit, _format_seconds(eta_s))
 
   def restart(self, step):
     """Restarts the rate clock (after an evaluation pause)."""

@@ -76,7 +76,7 @@ RESUME_ARGS = ["--config=configs/mnist.py:smoke", "--config.train.num_steps=600"
                "--config.train.log_every=50"]
 
 
-@pytest.mark.parametrize("experiment", ["vae", "stein_vae"])
+@pytest.mark.parametrize("experiment", ["vae", "stein_vae", "asvae", "ali"])
 def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path, experiment):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   code, _, err = launch(RESUME_ARGS + [f"--workdir={straight}"], experiment=experiment)
