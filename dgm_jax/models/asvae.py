@@ -30,7 +30,7 @@ live in the same relaxed pixel space. The encoder's density on decoder pairs,
 ``log q_phi(z | x_theta)``, is evaluated at the relaxed x.
 
 Planar flows are not invertible in closed form, but the decoder-pair term needs
-``log q_phi(z|x)`` at a prior draw z; ``planar_flow_stack_inverse`` inverts each
+``log q_phi(z|x)`` at a prior draw z; ``flows.planar_flow_stack_inverse`` inverts each
 layer by bisection on its scalar equation, and one Newton step at the root
 carries the implicit-function gradients. The flow parameters are shared by all
 x (not amortized); the Gaussian base is amortized.
@@ -64,7 +64,6 @@ __all__ = [
     "asvae_generator_loss",
     "relaxed_binarize",
     "relaxed_bernoulli",
-    "planar_flow_stack_inverse",
     "VARIANTS",
     "DISCRIMINATORS",
 ]
@@ -138,53 +137,6 @@ def relaxed_binarize(key, gray, temperature):
   return binary, relaxed_bernoulli(logits, noise, temperature)
 
 
-def planar_flow_stack_inverse(z, params, num_bisections=60):
-  """Inverts ``flows.planar_flow_stack``: the z_0 with ``stack(z_0) = z``.
-
-  Layer k maps ``z' = z + u_hat tanh(a)``, ``a = w . z + b``; with ``m = w .
-  u_hat > -1`` the pre-activation solves ``a + m tanh(a) = w . z' + b =: c``, a
-  strictly increasing scalar equation whose root lies in ``[c - |m|, c + |m|]``.
-  Bisection finds it without gradients; one Newton step from the stopped root
-  gives the value and, by the implicit function theorem, exact gradients with
-  respect to z and the flow parameters. Then ``z = z' - u_hat tanh(a)``.
-
-  Args:
-    z: [..., D] flow outputs z_K.
-    params: ``{"u": [K, D], "w": [K, D], "b": [K]}``.
-    num_bisections: bisection steps per layer (60 halve the bracket past the
-      float64 resolution).
-
-  Returns:
-    [..., D] z_0.
-  """
-
-  def invert_layer(z_out, layer):
-    u, w, b = layer
-    u_hat = flows.invertible_u(u, w)
-    m = jnp.dot(w, u_hat)
-    c = jnp.einsum("...d,d->...", z_out, w) + b
-    c_fixed, m_fixed = jax.lax.stop_gradient((c, m))  # no tangents enter the loop
-    h_fixed = lambda a: a + m_fixed * jnp.tanh(a) - c_fixed
-
-    def bisect(_, bracket):
-      lo, hi = bracket
-      mid = 0.5 * (lo + hi)
-      below = h_fixed(mid) < 0
-      return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-    width = jnp.abs(m_fixed) + 1e-6
-    lo, hi = jax.lax.fori_loop(0, num_bisections, bisect, (c_fixed - width, c_fixed + width))
-    root = 0.5 * (lo + hi)
-    tanh_root = jnp.tanh(root)
-    pre_activation = root - (root + m * tanh_root - c) / (1.0 + m * (1.0 - jnp.square(tanh_root)))
-    return z_out - u_hat * jnp.tanh(pre_activation)[..., None], None
-
-  dtype = jnp.result_type(z, params["u"], params["w"], params["b"])
-  layers = tuple(jnp.asarray(params[name][::-1], dtype) for name in ("u", "w", "b"))
-  z_0, _ = jax.lax.scan(invert_layer, jnp.asarray(z, dtype), layers)
-  return z_0
-
-
 def make_method(config, spec):
   """Builds AS-VAE (``config.method == 'asvae'``) or ALI (``'ali'``) from its section."""
   method_name = config.get("method", "")
@@ -229,7 +181,7 @@ def make_method(config, spec):
   def log_q(params, x, z):
     """log q_phi(z|x) at given codes z: [B, D], x: [B, P] -> [B]."""
     mean, log_var = encoder.apply(params["encoder"]["net"], x)
-    z_0 = z if flow_length == 0 else planar_flow_stack_inverse(z, params["encoder"]["flow"])
+    z_0 = z if flow_length == 0 else flows.planar_flow_stack_inverse(z, params["encoder"]["flow"])
     _, log_det = push(params, z_0)
     return likelihoods.gaussian_log_prob(z_0, mean, log_var).sum(-1) - log_det
 

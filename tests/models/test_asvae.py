@@ -115,13 +115,13 @@ def test_planar_flow_inverse_recovers_inputs_and_inverse_jacobian():
   params = flows.init_planar_params(jax.random.PRNGKey(0), 3, 4, scale=1.0)
   z_0 = jax.random.normal(jax.random.PRNGKey(1), (4, 3)) * 2.0
   z_k, _ = flows.planar_flow_stack(z_0, params)
-  np.testing.assert_allclose(asvae.planar_flow_stack_inverse(z_k, params), z_0, atol=1e-9)
+  np.testing.assert_allclose(flows.planar_flow_stack_inverse(z_k, params), z_0, atol=1e-9)
   forward = lambda v: flows.planar_flow_stack(v, params)[0]
-  inverse = lambda v: asvae.planar_flow_stack_inverse(v, params)
+  inverse = lambda v: flows.planar_flow_stack_inverse(v, params)
   jac_forward = jax.jacfwd(forward)(z_0[0])
   np.testing.assert_allclose(jax.jacrev(inverse)(z_k[0]), np.linalg.inv(jac_forward), atol=1e-8)
   # Gradients wrt the flow parameters: d z_0 / d params from the identity stack(inverse(y)) = y.
-  grad_b = jax.jacrev(lambda p: asvae.planar_flow_stack_inverse(z_k[0], p))(params)["b"]
+  grad_b = jax.jacrev(lambda p: flows.planar_flow_stack_inverse(z_k[0], p))(params)["b"]
   grad_b_forward = jax.jacfwd(lambda p: flows.planar_flow_stack(z_0[0], p)[0])(params)["b"]
   np.testing.assert_allclose(grad_b, -np.linalg.solve(jac_forward, grad_b_forward), atol=1e-8)
 
