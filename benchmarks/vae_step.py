@@ -178,7 +178,6 @@ class TorchStep:
           layers.append(nn.Tanh())
       return nn.Sequential(*layers)
 
-    self.latent = latent
     self.encoder = mlp((num_pixels,) + hidden + (2 * latent,))
     self.decoder = mlp((latent,) + tuple(reversed(hidden)) + (num_pixels,))
     params = list(self.encoder.parameters()) + list(self.decoder.parameters())

@@ -25,7 +25,8 @@ def base_config(dataset, batch_size):
   config.data = ml_collections.ConfigDict(dict(
       name=dataset, data_dir="", batch_size=batch_size, options={}))
   config.train = ml_collections.ConfigDict(dict(
-      num_steps=100_000, log_every=500, eval_every=10_000, ckpt_every=5_000, tensorboard=True))
+      num_steps=100_000, log_every=500, eval_every=10_000, ckpt_every=5_000, tensorboard=True,
+      prefetch_steps=50))  # batches gathered and copied to the devices at once
   config.eval = ml_collections.ConfigDict(dict(
       num_importance_samples=5000,    # K for the test NLL (Burda et al.)
       valid_importance_samples=100,   # K for periodic validation NLL (0: skip)

@@ -117,7 +117,7 @@ def train_stein(key, x_train, toy, section, num_steps, batch_size):
   latent_dim = toy.mu.shape[0]
   encoder = _stein_encoder(section, latent_dim)
   optimizer = make_optimizer(section, num_steps * section.encoder_steps, 1)
-  x_scale = jnp.std(x_train)
+  x_scale = jnp.std(x_train) * section.get("input_scale", 1.0)
   init_key, train_key = jax.random.split(key)
   net = encoder.init(init_key, x_train[:1], jnp.zeros((1, latent_dim), x_train.dtype))
 
@@ -171,7 +171,7 @@ def train_vae(key, x_train, toy, section, num_steps, batch_size):
   latent_dim = toy.mu.shape[0]
   encoder = _vae_encoder(section, latent_dim)
   optimizer = make_optimizer(section, num_steps, 1)
-  x_scale = jnp.std(x_train)
+  x_scale = jnp.std(x_train) * section.get("input_scale", 1.0)
   init_key, train_key = jax.random.split(key)
   net = encoder.init(init_key, x_train[:1])
 

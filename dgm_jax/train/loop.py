@@ -13,7 +13,6 @@ import json
 import os
 import time
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,20 +83,26 @@ class _Trainer:
     root = jax.random.PRNGKey(config.seed)
     self.init_key, self.train_key, self.eval_key = jax.random.split(root, 3)
 
-    example = self._train_batch(0)
+    example = _index_block(self._host_block(0, 1), 0)
     abstract = jax.eval_shape(method.init, self.init_key, example)
     self.state_sharding = jax.tree_util.tree_map(lambda _: self.replicated, abstract)
     self.abstract_state = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), abstract)
     self.init_fn = jax.jit(method.init, out_shardings=self.state_sharding)
+    self.block_sharding = parallel.block_sharding(mesh)
+    self.block_steps = config.train.prefetch_steps
 
-    train_key = self.train_key
+    train_key, traces = self.train_key, []
 
-    @chex.assert_max_traces(n=1)
-    def step_fn(state, batch):
+    def step_fn(state, block, index):
+      traces.append(None)  # counts traces of this trainer's step: one compile, ever
+      if len(traces) > 1:
+        raise AssertionError("the train step was traced twice: a batch shape or dtype changed")
+      batch = _index_block(block, index)
       return method.train_step(state, batch, jax.random.fold_in(train_key, state.step))
 
-    self.step_fn = jax.jit(step_fn, in_shardings=(self.state_sharding, self.batch_sharding),
+    self.step_fn = jax.jit(step_fn,
+                           in_shardings=(self.state_sharding, self.block_sharding, self.replicated),
                            out_shardings=(self.state_sharding, self.replicated),
                            donate_argnums=0)
     self.eval_fn = jax.jit(method.eval_step)
@@ -105,15 +110,29 @@ class _Trainer:
     self.checkpointer = checkpoint.Checkpointer(workdir)
     self.writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
 
-  def _train_batch(self, step):
-    batch = pipeline.get_batch(self.data, "train", step, self.config.data.batch_size,
-                               self.config.seed)
-    return parallel.shard_batch(batch, self.batch_sharding)
+  def _host_block(self, first_step, num_steps):
+    """Training batches of steps ``first_step ..`` stacked as ``[num_steps, B, ...]`` (one gather).
+
+    Batches are pure functions of (seed, step), so blocks change nothing but
+    the number of host-to-device copies; only ``x`` and ``label`` travel.
+    """
+    split, batch_size = "train", self.config.data.batch_size
+    indices = np.concatenate([
+        pipeline.batch_indices(self.data.num_examples[split], batch_size, step, self.config.seed)
+        for step in range(first_step, first_step + num_steps)])
+    block = {"x": self.data.splits[split][indices]}
+    if self.data.labels[split] is not None:
+      block["label"] = self.data.labels[split][indices]
+    return {k: v.reshape((num_steps, batch_size) + v.shape[1:]) for k, v in block.items()}
+
+  def _device_block(self, first_step):
+    return jax.device_put(self._host_block(first_step, self.block_steps), self.block_sharding)
 
   def _restore_or_init(self):
     latest = self.checkpointer.latest_step()
     if latest is None:
-      return self.init_fn(self.init_key, self._train_batch(0))
+      first = parallel.shard_batch(_index_block(self._host_block(0, 1), 0), self.batch_sharding)
+      return self.init_fn(self.init_key, first)
     logging.info("Resuming from the checkpoint at step %d in %s", latest, self.workdir)
     self.writer.truncate_after(latest)
     return self.checkpointer.restore(self.abstract_state, latest)
@@ -127,8 +146,13 @@ class _Trainer:
     history = []  # (step, device metrics) since the last flush
     start_time = time.perf_counter()
     train_time = 0.0
+    block, block_start = None, None
     for step in range(start_step + 1, num_steps + 1):
-      state, metrics = self.step_fn(state, self._train_batch(step - 1))
+      offset = step - 1 - (block_start if block is not None else 0)
+      if block is None or not 0 <= offset < self.block_steps:
+        block_start, offset = step - 1, 0
+        block = self._device_block(block_start)
+      state, metrics = self.step_fn(state, block, np.int32(offset))
       history.append((step, metrics))
       boundary = (step % config.train.log_every == 0 or step % config.train.ckpt_every == 0
                   or step % config.train.eval_every == 0 or step == num_steps)
@@ -226,6 +250,11 @@ class _Trainer:
     recon = self.method.reconstruct(params, batch, key)
     pairs = np.stack([batch["x"], np.asarray(recon)], axis=1).reshape((-1,) + batch["x"].shape[1:])
     images.save_grid(os.path.join(samples_dir, f"reconstructions_{step:08d}.png"), pairs, 8)
+
+
+def _index_block(block, index):
+  """Batch ``index`` of a ``[num_steps, B, ...]`` block (works on numpy and traced arrays)."""
+  return jax.tree_util.tree_map(lambda a: a[index], block)
 
 
 def _write_json(path, obj):

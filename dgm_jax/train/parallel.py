@@ -17,6 +17,7 @@ __all__ = [
     "make_mesh",
     "batch_sharding",
     "replicated_sharding",
+    "block_sharding",
     "check_batch_divides",
     "shard_batch",
     "maybe_initialize_distributed",
@@ -39,6 +40,11 @@ def make_mesh(devices=None):
 def batch_sharding(mesh):
   """Sharding that splits the leading (batch) axis across the mesh."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def block_sharding(mesh):
+  """Sharding of a ``[num_steps, B, ...]`` block of batches: split along B."""
+  return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
 
 
 def replicated_sharding(mesh):
