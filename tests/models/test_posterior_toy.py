@@ -7,12 +7,12 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import scipy.stats
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
+from configs import gmm
 from dgm_jax.data import registry
 from dgm_jax.models import posterior_toy
 
@@ -112,7 +112,7 @@ def test_smoke_launcher_writes_results_and_figure(tmp_path):
   assert (results["method"], results["dataset"], results["setting"]) == ("gmm_toy", "gmm", "paper")
   for name in ("exact", "stein", "vae"):
     assert set(results[name]) == {"mmd", "mode_weight_error", "min_mode_weight",
-                                  "mean_rel_error", "cov_rel_error"}
+                                  "mean_rel_error", "mean_error_in_std", "cov_rel_error"}
     assert all(np.isfinite(v) for v in results[name].values())
   assert len(results["exact_mode_weights"]) == results["num_examples"]["test"]
   assert (workdir / "samples" / "posterior.png").stat().st_size > 1000
@@ -123,10 +123,8 @@ def test_smoke_launcher_writes_results_and_figure(tmp_path):
 def test_stein_recognition_samples_find_both_modes_of_the_bimodal_posterior():
   data = registry.load("gmm", seed=0, setting="bimodal", num_train=2000)
   toy = posterior_toy.toy_from_dataset(data)
-  section = ml_collections.ConfigDict(dict(
-      encoder_hidden=(32,), activation="tanh", num_particles=32, encoder_steps=1,
-      svgd_step_size=5e-3, bandwidth_convention="liu_wang", learning_rate=3e-3,
-      lr_schedule="constant", final_lr_fraction=1.0, adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8))
+  section = gmm.get_config("bimodal").stein_vae
+  section.update(encoder_hidden=(32,), num_particles=32, encoder_steps=2, lr_schedule="constant")
   key_train, key_sample = jax.random.split(jax.random.PRNGKey(0))
   params, metrics = posterior_toy.train_stein(key_train, data.splits["train"], toy, section,
                                               num_steps=300, batch_size=16)
@@ -136,4 +134,4 @@ def test_stein_recognition_samples_find_both_modes_of_the_bimodal_posterior():
   weights = jax.vmap(posterior_toy.mode_weights)(samples, posterior["means"],
                                                  posterior["covs"][:, 0])
   assert np.all(np.isfinite(np.asarray(metrics["loss"])))
-  assert np.min(np.mean(weights, axis=0)) > 0.2, weights
+  assert np.min(weights) > 0.2, weights  # both modes at every test point
