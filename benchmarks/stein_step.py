@@ -5,14 +5,17 @@ seconds per jitted Stein VAE train step on MNIST-shaped data (batch 64, the
 architecture of 4.5.2), the seconds of the decoder scores alone
 (``grad_z log p(x, z)`` for the same B x M codes: the part no implementation of
 this algorithm can skip), and their ratio, all measured in the same run with
-interleaved repeats.
+interleaved repeats; then, under ``svgd_vs_numpyro``, our SVGD against
+numpyro's on the bimodal toy posterior (``benchmarks/svgd_gmm.py``).
 
   python benchmarks/stein_step.py [--particles 10,20,50,100 --batch 64 --repeats 10]
 """
 
 import argparse
 import json
+import os
 import platform
+import sys
 import time
 
 import jax
@@ -24,6 +27,9 @@ from dgm_jax.data import transforms
 from dgm_jax.models import stein_vae
 from dgm_jax.models.base import DataSpec
 from dgm_jax.nets.mlp import MLP
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import svgd_gmm  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def build(num_particles, batch_size):
@@ -64,6 +70,10 @@ def main():
   parser.add_argument("--particles", default="10,20,50,100")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--svgd-particles", type=int, default=100)
+  parser.add_argument("--svgd-iters", type=int, default=2000)
+  parser.add_argument("--no-numpyro", action="store_true",
+                      help="skip the comparison with numpyro's SVGD")
   args = parser.parse_args()
   rows = []
   for num_particles in map(int, args.particles.split(",")):
@@ -77,7 +87,11 @@ def main():
     rows.append({"num_particles": num_particles, "step_ms": round(step_med * 1e3, 3),
                  "decoder_scores_ms": round(scores_med * 1e3, 3),
                  "step_over_scores": round(step_med / scores_med, 3)})
+  comparison = None
+  if not args.no_numpyro:
+    comparison = svgd_gmm.compare(args.svgd_particles, args.svgd_iters)
   print(json.dumps({"benchmark": "stein_step", "batch": args.batch, "rows": rows,
+                    "svgd_vs_numpyro": comparison,
                     "backend": jax.default_backend(), "jax": jax.__version__,
                     "machine": platform.machine()}))
 

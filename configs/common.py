@@ -30,7 +30,13 @@ def base_config(dataset, batch_size):
   config.eval = ml_collections.ConfigDict(dict(
       num_importance_samples=5000,    # K for the test NLL (Burda et al.)
       valid_importance_samples=100,   # K for periodic validation NLL (0: skip)
-      batch_size=100, max_chunk=500, max_valid_examples=2000, binarization_seed=0))
+      batch_size=100, max_chunk=500, binarization_seed=0,
+      max_valid_examples=2000,        # periodic validation on the first examples only
+      max_test_examples=0,            # 0: the whole test split (else its first examples)
+      # Classifier score of samples (the inception score's formula, section 5.3) for labelled
+      # images: '' trains (once, cached) the project's classifier on the data set;
+      # 'module.path:function' plugs in f(dataset_name) -> probs_fn(images) -> [N, C].
+      classifier="", classifier_steps=3000, num_score_samples=10_000))
   return config
 
 
@@ -49,7 +55,8 @@ def make_smoke(config):
   config.train.update(num_steps=20, log_every=5, eval_every=10, ckpt_every=10, tensorboard=True)
   config.data.batch_size = 16
   config.eval.update(num_importance_samples=8, valid_importance_samples=8, batch_size=32,
-                     max_chunk=8, max_valid_examples=64)
+                     max_chunk=8, max_valid_examples=64, classifier_steps=20,
+                     num_score_samples=64)
   return config
 
 

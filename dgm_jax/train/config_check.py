@@ -5,6 +5,7 @@ value and what would fix it (DESIGN section 7).
 """
 
 from dgm_jax.data import registry
+from dgm_jax.eval import classifier
 from dgm_jax.train.guards import ConfigError
 
 __all__ = ["validate", "REQUIRED_KEYS"]
@@ -35,6 +36,12 @@ def validate(config, method_name):
   if name is not _MISSING and name not in registry.available():
     problems.append(f"data.name={name!r} is not a known data set; available: "
                     f"{', '.join(registry.available())}")
+  spec = config.get("eval", {}).get("classifier", "")
+  if spec:  # a plug-in classifier must import now, not after hours of training
+    try:
+      classifier.parse_spec(spec)
+    except classifier.ClassifierSpecError as error:
+      problems.append(str(error))
   if problems:
     raise ConfigError("invalid config: " + "; ".join(problems))
 

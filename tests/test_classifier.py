@@ -1,0 +1,193 @@
+"""Classifier score and RMSE (section 5.3) against scipy / numpy; the classifier, its cache, plug-ins."""
+
+import json
+import os
+
+import hypothesis
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+import scipy.stats
+from hypothesis import strategies as st
+
+from dgm_jax.data import registry
+from dgm_jax.eval import classifier
+
+SHAPES = [(1, 2), (3, 2), (5, 3), (8, 10)]
+
+
+@st.composite
+def prob_rows(draw):
+  shape = draw(st.sampled_from(SHAPES))
+  weights = draw(hnp.arrays(np.float64, shape, elements=st.floats(0.0, 1.0)))
+  weights = weights + draw(st.sampled_from([1e-12, 1e-3, 0.5]))  # rows never all zero
+  return weights / weights.sum(-1, keepdims=True)
+
+
+def scipy_score(probs):
+  marginal = probs.mean(0)
+  return np.exp(np.mean([scipy.stats.entropy(row, marginal) for row in probs]))
+
+
+@hypothesis.given(prob_rows())
+def test_classifier_score_is_exp_mean_kl_and_lies_in_one_to_c(probs):
+  score = float(classifier.classifier_score(probs))
+  np.testing.assert_allclose(score, scipy_score(probs), rtol=1e-9)
+  np.testing.assert_allclose(
+      float(classifier.classifier_score_from_log_probs(np.log(probs))), score, rtol=1e-9)
+  assert 1.0 - 1e-9 <= score <= probs.shape[1] * (1 + 1e-9)
+
+
+@hypothesis.given(prob_rows(), st.integers(1, 5))
+def test_identical_rows_score_one(probs, repeats):
+  rows = np.repeat(probs[:1], repeats, axis=0)
+  np.testing.assert_allclose(float(classifier.classifier_score(rows)), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("num_classes,per_class", [(2, 1), (3, 4), (10, 7)])
+def test_one_hot_rows_covering_every_class_equally_score_c(num_classes, per_class):
+  labels = np.random.default_rng(0).permutation(np.repeat(np.arange(num_classes), per_class))
+  probs = np.eye(num_classes)[labels]  # exact zeros: 0 log 0 must count as 0
+  np.testing.assert_allclose(float(classifier.classifier_score(probs)), num_classes, rtol=1e-12)
+  # Classes never predicted (log p(y) = -inf) do not matter either.
+  padded = np.concatenate([probs, np.zeros((len(probs), 2))], axis=1)
+  np.testing.assert_allclose(float(classifier.classifier_score(padded)), num_classes, rtol=1e-12)
+
+
+def test_score_of_two_unequal_one_hot_classes():
+  # p(y) = (1/4, 3/4): every row's KL is -log p(its class); IS = exp(H(y)).
+  probs = np.eye(2)[[0, 1, 1, 1]]
+  expected = np.exp(-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)))
+  np.testing.assert_allclose(float(classifier.classifier_score(probs)), expected, rtol=1e-12)
+
+
+@hypothesis.given(hnp.arrays(np.float64, st.sampled_from([(1, 4), (3, 2, 2, 1), (5, 7)]),
+                             elements=st.floats(0, 1)), st.integers(0, 2**31 - 1))
+def test_rmse_matches_numpy(x, seed):
+  y = np.random.default_rng(seed).uniform(size=x.shape)
+  per = np.array([np.sqrt(np.mean((a - b) ** 2)) for a, b in zip(x, y)])
+  np.testing.assert_allclose(np.asarray(classifier.rmse(x, y, per_example=True)), per,
+                             rtol=1e-12)
+  np.testing.assert_allclose(float(classifier.rmse(x, y)), per.mean(), rtol=1e-12)
+  assert float(classifier.rmse(x, x)) == 0.0
+
+
+def test_rmse_rejects_different_shapes():
+  with pytest.raises(ValueError, match="one shape"):
+    classifier.rmse(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+# ----------------------------------------------------------------------------- plug-ins
+
+def constant_classifier(dataset_name):
+  """A plug-in: every image is class 0 with probability 0.7 of 3 classes."""
+  assert dataset_name == "digits"
+  return lambda images: np.tile([0.7, 0.2, 0.1], (len(images), 1))
+
+
+def not_a_classifier(dataset_name):
+  del dataset_name
+  return 42
+
+
+def bad_probabilities(dataset_name):
+  del dataset_name
+  return lambda images: np.ones((len(images), 3))
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return registry.load("digits")
+
+
+def test_plugin_spec_resolves_to_the_named_function(digits):
+  probs_fn, name = classifier.resolve_classifier(f"{__name__}:constant_classifier", digits,
+                                                 num_steps=1)
+  assert name == f"{__name__}:constant_classifier"
+  probs = probs_fn(digits.splits["test"][:5])
+  np.testing.assert_allclose(probs, np.tile([0.7, 0.2, 0.1], (5, 1)))
+  assert classifier.parse_spec(f" {__name__} : constant_classifier ") is constant_classifier
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("no_colon_here", "module.path:function"),
+    ("a:b:c", "module.path:function"),
+    (":constant_classifier", "module.path:function"),
+    (f"{__name__}:", "module.path:function"),
+    ("dgm_jax.no_such_module:f", "cannot import module 'dgm_jax.no_such_module'"),
+    (f"{__name__}:no_such_function", "has no callable 'no_such_function'"),
+    (f"{__name__}:SHAPES", "has no callable 'SHAPES'"),
+    (f"{__name__}:not_a_classifier", "returned int"),
+])
+def test_bad_spec_is_a_value_error_naming_the_problem(digits, spec, needle):
+  with pytest.raises(ValueError, match="eval.classifier") as info:
+    classifier.resolve_classifier(spec, digits, num_steps=1)
+  assert needle in str(info.value)
+  assert isinstance(info.value, classifier.ClassifierSpecError)
+
+
+def test_plugin_output_that_is_not_probabilities_is_reported(digits):
+  probs_fn, _ = classifier.resolve_classifier(f"{__name__}:bad_probabilities", digits,
+                                              num_steps=1)
+  with pytest.raises(classifier.ClassifierSpecError, match="not probabilities"):
+    probs_fn(digits.splits["test"][:4])
+
+
+# ----------------------------------------------------------------------------- project classifier
+
+def test_train_classifier_learns_digits(digits):
+  import jax
+  params, test_accuracy = classifier.train_classifier(digits, jax.random.PRNGKey(0), 200, 64)
+  assert test_accuracy > 0.9, test_accuracy  # chance is 0.1
+  probs = classifier.predict_probs(params, digits.splits["test"], 10)
+  assert probs.shape == (250, 10)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+  assert classifier.accuracy(probs, digits.labels["test"]) == test_accuracy
+
+
+def test_project_classifier_is_cached_and_reused(digits, tmp_path, monkeypatch):
+  monkeypatch.setenv(classifier.CACHE_DIR_ENV, str(tmp_path))
+  probs_fn, name = classifier.resolve_classifier("", digits, num_steps=30)
+  folder = tmp_path / "classifiers"
+  stem = name.split(":", 1)[1]
+  assert name.startswith("project:digits_")
+  assert sorted(os.listdir(folder)) == [stem + ".json", stem + ".msgpack"]
+  info = json.loads((folder / (stem + ".json")).read_text())
+  assert info["steps"] == 30 and 0.0 <= info["test_accuracy"] <= 1.0
+  first = probs_fn(digits.splits["test"])
+
+  # A second resolution must read the cache, not train: make training fail.
+  def no_training(*args, **kwargs):
+    raise AssertionError("trained although a cached classifier exists")
+
+  monkeypatch.setattr(classifier, "train_classifier", no_training)
+  again, name_again = classifier.resolve_classifier("", digits, num_steps=30)
+  assert name_again == name
+  np.testing.assert_array_equal(again(digits.splits["test"]), first)
+  assert classifier.accuracy(first, digits.labels["test"]) == info["test_accuracy"]
+  # Other training settings are another classifier.
+  with pytest.raises(AssertionError, match="trained although"):
+    classifier.resolve_classifier("", digits, num_steps=31)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@pytest.mark.slow
+def test_loop_writes_sample_scores_to_results(tmp_path, monkeypatch):
+  from configs import mnist
+  from dgm_jax.train import loop
+  monkeypatch.setenv(classifier.CACHE_DIR_ENV, str(tmp_path / "cache"))
+  config = mnist.get_config("smoke")
+  config.data.name = "digits"
+  config.train.update(num_steps=10, eval_every=10, ckpt_every=10, log_every=10,
+                      tensorboard=False)
+  config.eval.update(num_score_samples=40)
+  results = loop.run(config, str(tmp_path / "run"), "vae")
+  on_disk = json.load(open(tmp_path / "run" / "results.json"))
+  for key in ("rmse", "classifier_score", "classifier_accuracy", "classifier"):
+    assert on_disk[key] == results[key], key
+  assert 0 < results["rmse"] < 1
+  assert 1 <= results["classifier_score"] <= 10
+  assert 0 <= results["classifier_accuracy"] <= 1
+  assert results["classifier"].startswith("project:digits_")
+  assert results["num_score_samples"] == 40
