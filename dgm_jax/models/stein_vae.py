@@ -13,8 +13,9 @@ One train step, as in section 4.2:
 4. the encoder fitted to the moved particles by K gradient steps on (4.13);
 5. the decoder: a point estimate follows the gradient of (4.1) at this
    iteration's codes, from the same backward pass as the scores (importance
-   weighted for the VIWAE); M_theta > 1 decoder samples move by SVGD (4.11)
-   with a kernel on their flattened parameters.
+   weighted for the VIWAE; optionally from the first m of the M exchangeable
+   particles, ``decoder_grad_particles``); M_theta > 1 decoder samples move by
+   SVGD (4.11) with a kernel on their flattened parameters.
 
 Evaluation (4.5.2) reports the ELBO, with the entropy from the change of
 variables, and the importance-sampled bound (S-ELBO), averaged over decoder samples.
@@ -118,6 +119,12 @@ def make_method(config, spec):
   latent_dim = section.latent_dim
   num_particles = section.num_particles
   num_decoders = section.decoder_samples
+  grad_particles = section.get("decoder_grad_particles", 0) or num_particles
+  if not 0 < grad_particles <= num_particles:
+    raise ValueError(f"decoder_grad_particles={grad_particles} must lie in [0, num_particles="
+                     f"{num_particles}] (0: all particles)")
+  if section.encoder_steps < 1:
+    raise ValueError(f"encoder_steps={section.encoder_steps} must be at least 1")
   encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), latent_dim, section.activation)
   decoder = MLP(tuple(section.decoder_hidden), num_pixels, section.activation)
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
@@ -160,17 +167,29 @@ def make_method(config, spec):
     opt_state = {"encoder": encoder_opt.init(eta), "decoder": decoder_opt.init(theta)}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
-  def fit_encoder(eta, opt_state, x, xi, targets):
-    """K Adam steps on (4.13) towards the moved particles."""
-    def one_step(carry, _):
-      eta, opt_state = carry
-      loss, grads = jax.value_and_grad(
-          lambda e: encoder_fit_loss(lambda a, b: encode(e, a, b), x, xi, targets))(eta)
+  def fit_encoder(eta, opt_state, x, xi, targets, codes, pullback):
+    """K Adam steps on (4.13) towards the moved particles.
+
+    The first step's gradient comes from ``pullback``, the VJP of the forward
+    pass that produced ``codes = f_eta(x, xi)`` at this eta (step 1 of the
+    algorithm), so the step runs the encoder forward K - 1 times, not K + 1.
+    """
+    def adam(eta, opt_state, grads):
       updates, opt_state = encoder_opt.update(grads, opt_state, eta)
-      return (optax.apply_updates(eta, updates), opt_state), loss
+      return optax.apply_updates(eta, updates), opt_state
+
+    def one_step(carry, _):
+      loss, grads = jax.value_and_grad(
+          lambda e: encoder_fit_loss(lambda a, b: encode(e, a, b), x, xi, targets))(carry[0])
+      return adam(*carry, grads), loss
+
+    # d(4.13)/d codes = (codes - targets) / B, pulled back to eta.
+    first_loss = 0.5 * jnp.mean(jnp.sum(jnp.square(codes - targets), axis=(-2, -1)))
+    (first_grads,) = pullback((codes - targets) / codes.shape[0])
+    eta, opt_state = adam(eta, opt_state, first_grads)
     (eta, opt_state), losses = jax.lax.scan(one_step, (eta, opt_state), None,
-                                            length=section.encoder_steps)
-    return eta, opt_state, losses
+                                            length=section.encoder_steps - 1)
+    return eta, opt_state, jnp.concatenate([first_loss[None], losses])
 
   def decoder_gradients(thetas, x, z, weights):
     """Descent directions for theta: gradient of (4.1), or minus its SVGD direction (4.11)."""
@@ -193,7 +212,7 @@ def make_method(config, spec):
     eta, thetas = state.params["encoder"], state.params["decoder"]
     x = transforms.dynamic_binarize(binarize_key, flatten(batch["x"]))  # [B, P]
     xi = jax.random.normal(noise_key, (num_particles, latent_dim))  # shared across examples (4.5)
-    z = encode(eta, x[:, None, :], xi[None])  # [B, M, D]
+    z, encoder_pullback = jax.vjp(lambda e: encode(e, x[:, None, :], xi[None]), eta)  # [B, M, D]
     if section.importance_weighted:
       log_p, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
       _, log_q = log_q_codes(eta, x, jnp.broadcast_to(xi, z.shape))
@@ -206,7 +225,8 @@ def make_method(config, spec):
       log_p, scores, decoder_grads = scores_and_decoder_gradients(thetas, x, z)
     moved, bandwidth = svgd_move(z, scores, section.svgd_step_size, log_w,
                                  section.bandwidth_convention)
-    eta, enc_opt_state, fit_losses = fit_encoder(eta, state.opt_state["encoder"], x, xi, moved)
+    eta, enc_opt_state, fit_losses = fit_encoder(eta, state.opt_state["encoder"], x, xi, moved,
+                                                 z, encoder_pullback)
     updates, dec_opt_state = decoder_opt.update(decoder_grads, state.opt_state["decoder"], thetas)
     thetas = optax.apply_updates(thetas, updates)
     metrics = {
@@ -225,11 +245,19 @@ def make_method(config, spec):
 
     The decoder's gradient is taken at the codes of this iteration, z^(t), so it
     shares the pass that the scores need anyway; with several decoder samples it
-    falls back to the SVGD update of (4.11).
+    falls back to the SVGD update of (4.11). With ``decoder_grad_particles = m``
+    (0 < m < M) the gradient of (4.1) averages over m particles per example
+    instead of M, in a second pass of m / M the size: for large M most of the
+    decoder's parameter-gradient cost goes, at the price of a noisier
+    (still unbiased) estimate.
     """
-    if num_decoders > 1:
+    if num_decoders > 1 or grad_particles < num_particles:
       log_p, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
-      return log_p, scores, decoder_gradients(thetas, x, z, jnp.full(z.shape[:2], 1.0 / num_particles))
+      # The particles are exchangeable (i.i.d. xi), so the first m give an unbiased
+      # estimate of the gradient of (4.1) in its own, cheaper pass.
+      subset = z[:, :grad_particles]
+      uniform = jnp.full(subset.shape[:2], 1.0 / grad_particles)
+      return log_p, scores, decoder_gradients(thetas, x, subset, uniform)
     log_p, vjp = jax.vjp(lambda t, c: log_joint(t, x[:, None, :], c), thetas, z)
     theta_grads, scores = vjp(jnp.ones_like(log_p))
     scale = -1.0 / (z.shape[0] * z.shape[1])  # descent direction of the mean negative log-joint

@@ -4,15 +4,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 import scipy.stats
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from configs import mnist
 from dgm_jax import bounds
-from dgm_jax.data import registry, pipeline
+from dgm_jax.data import pipeline, registry, transforms
 from dgm_jax.models import stein_vae
-from dgm_jax.models.base import DataSpec
+from dgm_jax.models.base import DataSpec, make_optimizer
+from dgm_jax.nets.mlp import MLP
 from dgm_jax.nets.recognition import NoiseMLPEncoder
 
 finite = lambda lo, hi: st.floats(lo, hi, allow_nan=False, allow_infinity=False)
@@ -105,3 +107,63 @@ def test_elbo_below_importance_sampled_bound():
                                                             jax.random.PRNGKey(2), 512)
   # L_K >= ELBO in expectation (4.14); both estimated from 512 draws per example.
   assert float(np.mean(log_px)) > float(np.mean(elbo))
+
+
+@pytest.mark.parametrize("encoder_steps,grad_particles", [(1, 0), (2, 0), (1, 2), (3, 3)])
+def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles):
+  """The optimized step (encoder pullback reused, decoder gradient from a particle
+  subset) against a plain composition of the algorithm's steps 1-5."""
+  config = mnist.get_config("smoke")
+  section = config.stein_vae
+  section.update(num_particles=4, encoder_steps=encoder_steps, decoder_grad_particles=grad_particles,
+                 svgd_step_size=0.05, learning_rate=1e-2)
+  data = registry.load("digits")
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
+  method = stein_vae.make_method(config, spec)
+  batch = pipeline.get_batch(data, "train", 0, 8, 0)
+  state = method.init(jax.random.PRNGKey(0), batch)
+  key = jax.random.PRNGKey(1)
+  new_state, _ = jax.jit(method.train_step)(state, batch, key)
+
+  # The same algorithm, written out with no shared intermediate results.
+  encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), section.latent_dim, section.activation)
+  decoder = MLP(tuple(section.decoder_hidden), int(np.prod(spec.shape)), section.activation)
+  binarize_key, noise_key = jax.random.split(key)
+  x = transforms.dynamic_binarize(binarize_key, batch["x"].reshape(8, -1))
+  xi = jax.random.normal(noise_key, (4, section.latent_dim))
+  eta, theta = state.params["encoder"], state.params["decoder"]
+
+  def log_joint(theta, z):  # [B, M, D] -> [B, M]
+    logits = decoder.apply(theta, z)
+    log_lik = jnp.sum(x[:, None] * logits - jax.nn.softplus(logits), -1)
+    return log_lik - 0.5 * jnp.sum(z**2, -1) - 0.5 * z.shape[-1] * np.log(2 * np.pi)
+
+  z = encoder.apply(eta, x[:, None], xi[None])
+  scores = jax.grad(lambda c: jnp.sum(log_joint(theta, c)))(z)
+  moved, _ = stein_vae.svgd_move(z, scores, section.svgd_step_size)
+  steps_per_epoch = spec.num_train // config.data.batch_size
+  enc_opt = make_optimizer(section, config.train.num_steps * encoder_steps,
+                           steps_per_epoch * encoder_steps)
+  enc_state = state.opt_state["encoder"]
+  for _ in range(encoder_steps):
+    grads = jax.grad(lambda e: stein_vae.encoder_fit_loss(
+        lambda a, b: encoder.apply(e, a, b), x, xi, moved))(eta)
+    updates, enc_state = enc_opt.update(grads, enc_state, eta)
+    eta = optax.apply_updates(eta, updates)
+  m = grad_particles or 4
+  dec_opt = make_optimizer(section, config.train.num_steps, steps_per_epoch)
+  grads = jax.grad(lambda t: -jnp.mean(log_joint(t, z[:, :m])))(theta)
+  updates, _ = dec_opt.update(grads, state.opt_state["decoder"], theta)
+  theta = optax.apply_updates(theta, updates)
+
+  for got, want in ((new_state.params["encoder"], eta), (new_state.params["decoder"], theta)):
+    jax.tree_util.tree_map(lambda g, w: np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-6),
+                           got, want)
+
+
+def test_decoder_grad_particles_above_num_particles_is_rejected():
+  config = mnist.get_config("smoke")
+  config.stein_vae.decoder_grad_particles = config.stein_vae.num_particles + 1
+  spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
+  with pytest.raises(ValueError, match="decoder_grad_particles"):
+    stein_vae.make_method(config, spec)
