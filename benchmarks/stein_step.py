@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import mnist
+from dgm_jax import likelihoods
 from dgm_jax.data import transforms
 from dgm_jax.models import stein_vae
 from dgm_jax.models.base import DataSpec
@@ -50,10 +51,9 @@ def build(num_particles, batch_size, grad_particles=0):
 
   @jax.jit
   def scores_only(x, z):
-    def log_joint(c):
-      log_px = jnp.sum(x[:, None, :] * decoder.apply(theta, c)
-                       - jax.nn.softplus(decoder.apply(theta, c)), -1)
-      return log_px - 0.5 * jnp.sum(c**2, -1)
+    def log_joint(c):  # the model's own terms, one decoder pass
+      log_px = likelihoods.bernoulli_log_prob(x[:, None, :], decoder.apply(theta, c)).sum(-1)
+      return log_px + likelihoods.gaussian_log_prob(c, 0.0, 0.0).sum(-1)
     return stein_vae.latent_scores(log_joint, z)[1]
 
   x = transforms.fixed_binarize(batch["x"].reshape(batch_size, -1))

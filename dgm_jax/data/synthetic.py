@@ -16,7 +16,8 @@ Poisson factor analysis (Zhou et al., 2012): ``x ~ Pois(Phi z)`` with factor
 loadings ``Phi`` (columns ~ Dirichlet) and factor scores ``z ~ Gamma``. The
 dissertation fits 20 Newsgroups with ``Phi`` fixed at an MCMC estimate; here the
 loadings are drawn, stored in ``extras``, and the data generated from them,
-with the 20 Newsgroups sizes (P = 2,000 words, V = 128 factors) as 'paper'.
+with the 20 Newsgroups sizes (P = 2,000 words, V = 128 factors) as 'paper' and
+a 'toy' (P = 50, V = 5, overlapping loadings) for the posterior check.
 """
 
 import jax
@@ -40,6 +41,9 @@ PFA_SETTINGS = {
                   num_test=7_531, concentration=0.1, factor_shape=0.1, factor_rate=0.1),
     "small": dict(vocab_size=100, num_factors=10, num_train=2_000, num_valid=200,
                   num_test=200, concentration=0.1, factor_shape=0.5, factor_rate=0.05),
+    # The 4.5.1 check (configs/pfa.py): overlapping loadings correlate the factor scores.
+    "toy": dict(vocab_size=50, num_factors=5, num_train=5_000, num_valid=200,
+                num_test=20, concentration=1.0, factor_shape=2.0, factor_rate=0.1),
 }
 
 
@@ -103,8 +107,9 @@ def load_pfa(data_dir=None, *, seed=0, setting="paper", vocab_size=None, num_fac
     data_dir: ignored (the data is synthetic).
     seed: the loadings come from ``default_rng([seed, 0])``, split i from
       ``default_rng([seed, i + 1])``.
-    setting: 'paper' (20 Newsgroups sizes) or 'small' (see ``PFA_SETTINGS``);
-      the other arguments override single entries of it.
+    setting: 'paper' (20 Newsgroups sizes), 'small' or 'toy' (the posterior
+      check of ``configs/pfa.py``; see ``PFA_SETTINGS``); the other arguments
+      override single entries of it.
     vocab_size: P, the dimension of x.
     num_factors: V, the dimension of z.
     num_train, num_valid, num_test: split sizes.
