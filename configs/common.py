@@ -45,7 +45,11 @@ def vae_section(**overrides):
   section = ml_collections.ConfigDict(dict(
       objective="vae", num_samples=1, hidden_sizes=(200, 200), latent_dim=50,
       activation="tanh", learning_rate=1e-3, lr_schedule="geometric", final_lr_fraction=0.1,
-      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-4))
+      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-4,
+      # 'bernoulli' (binarized pixels) or 'discretized_logistic' (8-bit pixels, 5.3.1); with
+      # the latter, dequantize=True trains on uniformly dequantized pixels (5.3.1), False on
+      # the discrete likelihood; evaluation is always discrete.
+      likelihood="bernoulli", dequantize=True))
   section.update(overrides)
   return section
 
@@ -95,7 +99,8 @@ def asvae_section(method="asvae", smoke=False, paper=False, **overrides):
       disc_trunk="conv", disc_x_features=(32, 64), disc_z_hidden=(200,),
       disc_joint_hidden=(200,), disc_activation="leaky_relu",
       learning_rate=1e-4, disc_learning_rate=1e-4, lr_schedule="constant",
-      final_lr_fraction=1.0, adam_b1=0.5, adam_b2=0.999, adam_eps=1e-8))
+      final_lr_fraction=1.0, adam_b1=0.5, adam_b2=0.999, adam_eps=1e-8,
+      likelihood="bernoulli", dequantize=True))  # as in vae_section
   if method == "ali":
     section.non_saturating = True
   else:

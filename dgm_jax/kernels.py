@@ -22,7 +22,6 @@ __all__ = [
 ]
 
 BANDWIDTH_CONVENTIONS = ("liu_wang", "paper", "median")
-_BISECTION_STEPS = 64
 
 
 def pairwise_sq_dists(x, y):
@@ -95,11 +94,13 @@ def median_bandwidth(x, convention="liu_wang"):
 
 
 def fast_median(values):
-  """Median of a 1-D array by bisection on its value range (no sort).
+  """Median of a 1-D array by bisection on the values' bit patterns (no sort).
 
-  Each bisection step counts the values below a threshold (O(n)); 64 steps
-  pin the k-th order statistic to an existing element exactly. Even lengths
-  average the two middle order statistics, as ``numpy.median``.
+  Floats map to integers in an order-preserving way (IEEE 754 bit patterns,
+  negative numbers' magnitude bits flipped), so bisection on that integer
+  range pins the k-th order statistic exactly in as many counting passes
+  (O(n) each) as the float has bits: 32 for float32, 64 for float64. Even
+  lengths average the two middle order statistics, as ``numpy.median``.
 
   Args:
     values: [n].
@@ -118,15 +119,23 @@ def fast_median(values):
   return 0.5 * (kth + next_value)
 
 
+def _sortable_keys(values):
+  """Integers ordered as the floats ``values`` are (-0.0 sorts just below +0.0)."""
+  int_dtype = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[values.dtype.itemsize]
+  bits = jax.lax.bitcast_convert_type(values, int_dtype)
+  return jnp.where(bits < 0, bits ^ jnp.iinfo(int_dtype).max, bits)
+
+
 def _kth_smallest(values, rank):
-  """The ``rank``-th smallest (1-based) element of a 1-D array, by bisection."""
+  """The ``rank``-th smallest (1-based) element of a 1-D array, by integer bisection."""
+  keys = _sortable_keys(values)
+
   def body(_, bracket):
     lo, hi = bracket
-    mid = 0.5 * (lo + hi)
-    enough = jnp.sum(values <= mid) >= rank
-    return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
+    mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+    enough = jnp.sum(keys <= mid) >= rank
+    return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
 
-  lo, hi = jnp.min(values), jnp.max(values)
-  # Invariant: count(values <= hi) >= rank; the answer lies in [lo, hi].
-  _, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (lo, hi))
-  return jnp.max(jnp.where(values <= hi, values, -jnp.inf))
+  # Invariant: count(keys <= hi) >= rank > count(keys < lo); each pass halves hi - lo.
+  _, hi = jax.lax.fori_loop(0, 8 * values.dtype.itemsize, body, (jnp.min(keys), jnp.max(keys)))
+  return jnp.max(jnp.where(keys <= hi, values, -jnp.inf))

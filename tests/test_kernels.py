@@ -110,6 +110,14 @@ class TestFastMedian:
   def test_ties(self, values):
     np.testing.assert_allclose(fast_median(values), np.median(values))
 
+  @given(hnp.arrays(np.float32, st.sampled_from([(1,), (5,), (33,), (101,)]),
+                    elements=st.floats(width=32, allow_nan=False,
+                                       allow_infinity=False)))
+  def test_odd_float32_is_exactly_the_middle_element(self, values):
+    # Bisection on the bit patterns pins the order statistic exactly, over the whole
+    # float32 range (signs, subnormals and +-0 included).
+    assert float(fast_median(values)) == float(np.sort(values)[(len(values) - 1) // 2])
+
   def test_float32_large_array(self):
     values = jax.random.exponential(jax.random.PRNGKey(3), (10000,), dtype=jnp.float32)
     np.testing.assert_allclose(fast_median(values), np.median(np.asarray(values)), rtol=1e-6)

@@ -1,6 +1,6 @@
 """The Adversarial Symmetric VAE (section 5.2) and the ALI baseline (5.1).
 
-Both methods share one harness on binarized images: a reparametrized encoder
+Both methods share one harness on binarized (or 8-bit) images: a reparametrized encoder
 ``z = z_phi(x, eps)`` (a diagonal Gaussian, optionally pushed through a stack of
 planar flows, section 5.3) and a reparametrized decoder ``x = x_theta(z, xi)``.
 
@@ -29,6 +29,24 @@ tau)`` is the x the discriminators see, so both sides of every discriminator
 live in the same relaxed pixel space. The encoder's density on decoder pairs,
 ``log q_phi(z | x_theta)``, is evaluated at the relaxed x.
 
+8-bit pixels (``likelihood='discretized_logistic'``, e.g. Fashion-MNIST, section
+5.3.1): the decoder outputs a logistic mean and log-scale per pixel
+(``models.vae.logistic_params``), and ``x_theta(z, xi) = clip(mean + exp(log_scale)
+xi, 0, 1)`` with ``xi ~ Logistic(0, 1)``: a reparametrized draw of that logistic,
+clipped to the pixel range, where the open edge bins of the discretized logistic
+put the mass outside it. The data side lives in the same continuous space: the
+discriminators see the uniformly dequantized images ``(255 x + u) / 256``, as
+5.3.1 models natural images as continuous. With ``dequantize=True`` (default)
+the encoder and ``log p(x|z)`` in (5.14) also use the dequantized x, ``log p``
+being the logistic density minus ``log 256`` per pixel (in expectation a lower
+bound on the discrete log-probability, see ``models.vae``); with
+``dequantize=False`` the encoder sees the 8-bit values and ``log p(x|z)`` is the
+discretized logistic. A clipped draw can sit exactly at 0 or 1 while a
+dequantized pixel never does, but the two differ by less than one bin (1/256),
+below what a smooth discriminator resolves. Evaluation uses the 8-bit values and
+the discretized logistic, so ``nll_nats`` is a bound on the discrete likelihood
+(bits/dim); ``rmse`` compares the logistic means with the images.
+
 Planar flows are not invertible in closed form, but the decoder-pair term needs
 ``log q_phi(z|x)`` at a prior draw z; ``flows.planar_flow_stack_inverse`` inverts each
 layer by bisection on its scalar equation, and one Newton step at the root
@@ -55,6 +73,8 @@ from dgm_jax import adversarial, flows, likelihoods
 from dgm_jax.data import transforms
 from dgm_jax.eval import nll
 from dgm_jax.models.base import Method, make_optimizer
+from dgm_jax.models.vae import (check_likelihood, decoder_outputs, logistic_params,
+                                pixel_log_prob, pixel_mean)
 from dgm_jax.nets.discriminators import TRUNKS, JointDiscriminator
 from dgm_jax.nets.mlp import MLP, GaussianMLP
 from dgm_jax.train.state import TrainState
@@ -146,6 +166,9 @@ def make_method(config, spec):
   section = config[method_name]
   variant = section.variant if method_name == "asvae" else None
   _check(section, spec, method_name)
+  likelihood = section.get("likelihood", "bernoulli")
+  discrete = likelihood == "discretized_logistic"
+  train_continuous = discrete and section.get("dequantize", True)
   discriminators = DISCRIMINATORS[(method_name, variant)]
   players = ("encoder", "decoder") + discriminators
   num_pixels = int(np.prod(spec.shape))
@@ -154,7 +177,8 @@ def make_method(config, spec):
   eval_seed = config.eval.binarization_seed
 
   encoder = GaussianMLP(tuple(section.encoder_hidden), latent_dim, section.activation)
-  decoder = MLP(tuple(section.decoder_hidden), num_pixels, section.activation)
+  decoder = MLP(tuple(section.decoder_hidden), decoder_outputs(likelihood, num_pixels),
+                section.activation)
   discriminator = JointDiscriminator(
       trunk=section.disc_trunk, x_features=tuple(section.disc_x_features),
       z_hidden=tuple(section.disc_z_hidden), joint_hidden=tuple(section.disc_joint_hidden),
@@ -191,44 +215,58 @@ def make_method(config, spec):
   def logit_of(params, name, x, z):
     return discriminator.apply(params[name], x, z)
 
-  def draw_pairs(params, x_binary, noise):
-    """Encoder codes of the data and relaxed decoder images of prior codes."""
-    z_encoder, _ = encode(params, x_binary, noise["eps"])
-    x_decoder = relaxed_bernoulli(decode(params, noise["z_prior"]), noise["xi"], temperature)
-    return z_encoder, x_decoder
+  def draw_pairs(params, x_fit, noise):
+    """Encoder codes of the data and decoder images x_theta(z, xi) of prior codes."""
+    z_encoder, _ = encode(params, x_fit, noise["eps"])
+    return z_encoder, decoder_sample(decode(params, noise["z_prior"]), noise["xi"])
 
-  def discriminator_loss(disc_params, x_relaxed, z_encoder, x_decoder, noise):
+  def decoder_sample(outputs, xi):
+    """x_theta(z, xi) from logistic noise xi: relaxed Bernoulli, or a clipped logistic draw."""
+    if not discrete:
+      return relaxed_bernoulli(outputs, xi, temperature)
+    mean, log_scale = logistic_params(outputs)
+    return jnp.clip(mean + jnp.exp(log_scale) * xi, 0.0, 1.0)
+
+  def prepare(key, gray):
+    """(x_fit, x_shown): the x of the encoder and log p(x|z), and the x the discriminators see."""
+    if not discrete:
+      return relaxed_binarize(key, gray, temperature)
+    dequantized = transforms.uniform_dequantize(key, gray, likelihoods.NUM_BINS)
+    return (dequantized if train_continuous else gray), dequantized
+
+  def discriminator_loss(disc_params, x_shown, z_encoder, x_decoder, noise):
     """Sum over discriminators of their mean losses (5.3), (5.4) or (5.1); and metrics."""
     losses = {}
     if "psi1" in disc_params:   # real: encoder pairs; fake: decoded x with an independent z
       losses["d1_loss"] = adversarial.psi1_loss(
-          logit_of(disc_params, "psi1", x_relaxed, z_encoder),
+          logit_of(disc_params, "psi1", x_shown, z_encoder),
           logit_of(disc_params, "psi1", x_decoder, noise["z_independent"])).mean()
     if "psi2" in disc_params:   # real: decoder pairs; fake: data x with another example's code
       losses["d2_loss"] = adversarial.psi2_loss(
           logit_of(disc_params, "psi2", x_decoder, noise["z_prior"]),
-          logit_of(disc_params, "psi2", x_relaxed, jnp.roll(z_encoder, 1, axis=0))).mean()
+          logit_of(disc_params, "psi2", x_shown, jnp.roll(z_encoder, 1, axis=0))).mean()
     if "psi" in disc_params:    # ALI: real: encoder pairs; fake: decoder pairs
       losses["d_loss"] = adversarial.ali_discriminator_loss(
-          logit_of(disc_params, "psi", x_relaxed, z_encoder),
+          logit_of(disc_params, "psi", x_shown, z_encoder),
           logit_of(disc_params, "psi", x_decoder, noise["z_prior"])).mean()
     return sum(losses.values()), losses
 
-  def generator_loss(gen_params, disc_params, x_binary, x_relaxed, noise):
+  def generator_loss(gen_params, disc_params, x_fit, x_shown, noise):
     """Minus (5.14) (AS-VAE) or the ALI generator loss, through reparametrized samples."""
     params = {**gen_params, **disc_params}
-    z_encoder, x_decoder = draw_pairs(params, x_binary, noise)
+    z_encoder, x_decoder = draw_pairs(params, x_fit, noise)
     if method_name == "ali":
       loss = adversarial.ali_generator_loss(
-          logit_of(params, "psi", x_relaxed, z_encoder),
+          logit_of(params, "psi", x_shown, z_encoder),
           logit_of(params, "psi", x_decoder, noise["z_prior"]),
           non_saturating=section.non_saturating).mean()
       return loss, {}
     metrics, encoder_terms, decoder_terms = {}, None, None
     if "psi1" in params:
-      log_px_given_z = likelihoods.bernoulli_log_prob(x_binary, decode(params, z_encoder)).sum(-1)
+      log_px_given_z = pixel_log_prob(x_fit, decode(params, z_encoder), likelihood,
+                                      train_continuous)
       encoder_terms = adversarial.asvae_encoder_pair_term(
-          log_px_given_z, logit_of(params, "psi1", x_relaxed, z_encoder))
+          log_px_given_z, logit_of(params, "psi1", x_shown, z_encoder))
       metrics.update(log_px_given_z=log_px_given_z.mean(), lvaex_nats=encoder_terms.mean())
     if "psi2" in params:
       log_qz_given_x = log_q(params, x_decoder, noise["z_prior"])
@@ -254,7 +292,7 @@ def make_method(config, spec):
     """One step of every player, in this order.
 
     1. Draw the step's noise (eps for the encoder, prior codes, logistic xi for
-       the decoder, independent prior codes) and binarize the batch; form the
+       the decoder, independent prior codes) and binarize (8-bit: dequantize) the batch; form the
        encoder pairs ``(x, z_phi(x, eps))`` and decoder pairs ``(x_theta(z,
        xi), z)`` with the current encoder and decoder, gradients stopped.
     2. Discriminators: one Adam step each on the mean of (5.3) / (5.4) (ALI:
@@ -265,26 +303,26 @@ def make_method(config, spec):
     """
     names = ("data", "eps", "z_prior", "xi", "z_independent")
     keys = dict(zip(names, jax.random.split(key, len(names))))
-    x_binary, x_relaxed = relaxed_binarize(keys["data"], flatten(batch["x"]), temperature)
-    codes_shape = x_binary.shape[:1] + (latent_dim,)
+    x_fit, x_shown = prepare(keys["data"], flatten(batch["x"]))
+    codes_shape = x_fit.shape[:1] + (latent_dim,)
     noise = {
-        "eps": jax.random.normal(keys["eps"], codes_shape, x_binary.dtype),
-        "z_prior": jax.random.normal(keys["z_prior"], codes_shape, x_binary.dtype),
-        "xi": jax.random.logistic(keys["xi"], x_binary.shape, x_binary.dtype),
-        "z_independent": jax.random.normal(keys["z_independent"], codes_shape, x_binary.dtype),
+        "eps": jax.random.normal(keys["eps"], codes_shape, x_fit.dtype),
+        "z_prior": jax.random.normal(keys["z_prior"], codes_shape, x_fit.dtype),
+        "xi": jax.random.logistic(keys["xi"], x_fit.shape, x_fit.dtype),
+        "z_independent": jax.random.normal(keys["z_independent"], codes_shape, x_fit.dtype),
     }
     params, opt_state = dict(state.params), dict(state.opt_state)
     disc_params = {name: params[name] for name in discriminators}
     gen_params = {"encoder": params["encoder"], "decoder": params["decoder"]}
 
-    z_encoder, x_decoder = jax.lax.stop_gradient(draw_pairs(params, x_binary, noise))
+    z_encoder, x_decoder = jax.lax.stop_gradient(draw_pairs(params, x_fit, noise))
     disc_grads, disc_metrics = jax.grad(discriminator_loss, has_aux=True)(
-        disc_params, x_relaxed, z_encoder, x_decoder, noise)
+        disc_params, x_shown, z_encoder, x_decoder, noise)
     update(params, opt_state, disc_grads)
 
     disc_params = {name: params[name] for name in discriminators}
     (loss, gen_metrics), gen_grads = jax.value_and_grad(generator_loss, has_aux=True)(
-        gen_params, disc_params, x_binary, x_relaxed, noise)
+        gen_params, disc_params, x_fit, x_shown, noise)
     update(params, opt_state, gen_grads)
 
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(gen_grads),
@@ -298,13 +336,15 @@ def make_method(config, spec):
       params[name] = optax.apply_updates(params[name], updates)
 
   def eval_x(batch):
+    if discrete:  # the 8-bit values themselves
+      return flatten(batch["x"])
     return transforms.static_binarize(flatten(batch["x"]), batch["index"], eval_seed)
 
   def log_weights(params, x, key, num_samples):
-    """[num_samples, B] log p(x, z) - log q(z|x) for z ~ q(z|x), x: [B, P] binary."""
+    """[num_samples, B] log p(x, z) - log q(z|x) for z ~ q(z|x), x: [B, P] binary or 8-bit."""
     eps = jax.random.normal(key, (num_samples,) + x.shape[:1] + (latent_dim,), x.dtype)
     z, log_qz = encode(params, x, eps)
-    log_px_z = likelihoods.bernoulli_log_prob(x, decode(params, z)).sum(-1)
+    log_px_z = pixel_log_prob(x, decode(params, z), likelihood)
     return log_px_z + likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1) - log_qz
 
   def code_of(params, x):
@@ -314,7 +354,7 @@ def make_method(config, spec):
 
   def eval_step(params, batch, key):
     x = eval_x(batch)
-    probs = jax.nn.sigmoid(decode(params, code_of(params, x)))
+    probs = pixel_mean(decode(params, code_of(params, x)), likelihood)
     gray = flatten(batch["x"]).astype(probs.dtype)
     return {"elbo_nats": log_weights(params, x, key, 1)[0],
             "rmse": jnp.sqrt(jnp.mean(jnp.square(probs - gray), axis=-1))}
@@ -327,11 +367,11 @@ def make_method(config, spec):
 
   def sample(params, key, num):
     z = jax.random.normal(key, (num, latent_dim))
-    return jax.nn.sigmoid(decode(params, z)).reshape((num,) + tuple(spec.shape))
+    return pixel_mean(decode(params, z), likelihood).reshape((num,) + tuple(spec.shape))
 
   def reconstruct(params, batch, key):
     del key
-    probs = jax.nn.sigmoid(decode(params, code_of(params, eval_x(batch))))
+    probs = pixel_mean(decode(params, code_of(params, eval_x(batch))), likelihood)
     return probs.reshape(batch["x"].shape)
 
   def encoder_mean(params, batch):
@@ -352,7 +392,9 @@ def _check(section, spec, method_name):
   if section.disc_trunk == "conv" and len(spec.shape) != 3:
     raise ValueError(f"disc_trunk='conv' needs images [H, W, C], the data are {spec.shape}; "
                      "use disc_trunk='mlp'")
-  if spec.kind not in ("grayscale8", "grayscale17"):
+  likelihood = section.get("likelihood", "bernoulli")
+  check_likelihood(likelihood, spec.kind)
+  if likelihood == "bernoulli" and spec.kind not in ("grayscale8", "grayscale17"):
     raise ValueError(f"data of kind {spec.kind!r}: {method_name} models binarized grayscale "
                      "images only (pixels as Bernoulli probabilities, section 5.3.1)")
   if not section.relaxation_temperature > 0:

@@ -6,9 +6,24 @@ MLPs (784-200-200-50, tanh). With ``objective='vae'`` the loss is the negative
 ELBO averaged over k samples (KL in closed form); with ``objective='iwae'`` it
 is the negative importance-weighted bound L_k. Training pixels are binarized
 afresh every step; evaluation uses one fixed binarization of each split.
+
+8-bit pixels (``likelihood='discretized_logistic'``, section 5.3.1, e.g.
+Fashion-MNIST): the decoder outputs, per pixel, a mean ``sigmoid(.)`` on the
+[0, 1] scale and a log-scale (floored at ``MIN_LOG_SCALE``) of a logistic.
+As 5.3.1 prescribes, training treats images as continuous (``dequantize=True``,
+the default): the loss uses the logistic *density* at the uniformly dequantized
+pixels ``(255 x + u) / 256``, minus ``log 256`` per pixel. By Jensen,
+``log P(bin k) = log E_u[p((k + u) / 256)] - log 256 >= E_u[log p(.)] - log 256``,
+so the reported training bound is a lower bound in nats of the discrete pixels.
+``dequantize=False`` trains on the discretized logistic directly. Evaluation
+(ELBO, importance-sampled NLL) always uses the discretized logistic
+``p(x = k | z) = P_theta(x in [k/256, (k+1)/256) | z)`` with open edge bins on
+the 8-bit values themselves, so ``nll_nats`` is a bound on the discrete
+likelihood and bits/dim (``dgm_jax.eval.nll.bits_per_dim``) is comparable with
+prior work. Samples and reconstructions are the logistic means (in (0, 1)).
 """
 
-import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -16,15 +31,18 @@ import numpy as np
 import optax
 
 from dgm_jax import bounds, likelihoods
-from dgm_jax.data import transforms
+from dgm_jax.data import registry, transforms
 from dgm_jax.eval import nll
 from dgm_jax.models.base import Method, make_optimizer
 from dgm_jax.nets.mlp import MLP, GaussianMLP
 from dgm_jax.train.state import TrainState
 
-__all__ = ["make_method", "OBJECTIVES"]
+__all__ = ["make_method", "OBJECTIVES", "LIKELIHOODS", "MIN_LOG_SCALE", "check_likelihood",
+           "decoder_outputs", "pixel_log_prob", "pixel_mean"]
 
 OBJECTIVES = ("vae", "iwae")
+LIKELIHOODS = ("bernoulli", "discretized_logistic")
+MIN_LOG_SCALE = -7.0  # the floor of the logistic log-scale (PixelCNN++'s), on the [0, 1] scale
 
 
 def make_method(config, spec):
@@ -32,35 +50,41 @@ def make_method(config, spec):
   section = config.vae
   if section.objective not in OBJECTIVES:
     raise ValueError(f"vae.objective={section.objective!r}; choose one of {OBJECTIVES}")
+  likelihood = section.get("likelihood", "bernoulli")
+  check_likelihood(likelihood, spec.kind)
+  discrete = likelihood == "discretized_logistic"
+  # 5.3.1: train on the density of dequantized pixels, evaluate on the discrete bins.
+  train_continuous = discrete and section.get("dequantize", True)
   num_pixels = int(np.prod(spec.shape))
   encoder = GaussianMLP(tuple(section.hidden_sizes), section.latent_dim, section.activation)
-  decoder = MLP(tuple(reversed(section.hidden_sizes)), num_pixels, section.activation)
+  decoder = MLP(tuple(reversed(section.hidden_sizes)), decoder_outputs(likelihood, num_pixels),
+                section.activation)
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
   optimizer = make_optimizer(section, config.train.num_steps, steps_per_epoch)
   eval_seed = config.eval.binarization_seed
 
-  def log_weights(params, x, key, num_samples):
-    """[num_samples, B] log p(x, z) - log q(z|x) for z ~ q(z|x), x: [B, P] binary."""
+  def log_weights(params, x, key, num_samples, continuous=False):
+    """[num_samples, B] log p(x, z) - log q(z|x) for z ~ q(z|x), x: [B, P] binary or 8-bit."""
     mean, log_var = encoder.apply(params["encoder"], x)
     z = sample_gaussian(key, mean, log_var, num_samples)
-    logits = decoder.apply(params["decoder"], z)
-    log_px_z = likelihoods.bernoulli_log_prob(x, logits).sum(-1)
+    log_px_z = pixel_log_prob(x, decoder.apply(params["decoder"], z), likelihood, continuous)
     log_pz = likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1)
     log_qz = likelihoods.gaussian_log_prob(z, mean, log_var).sum(-1)
     return log_px_z + log_pz - log_qz
 
   def objective(params, x, key):
     if section.objective == "iwae":
-      bound = bounds.iwae_bound(log_weights(params, x, key, section.num_samples))
+      bound = bounds.iwae_bound(log_weights(params, x, key, section.num_samples,
+                                            train_continuous))
     else:
-      bound = elbo_closed_form_kl(params, x, key)
+      bound = elbo_closed_form_kl(params, x, key, train_continuous)
     return -jnp.mean(bound), {"bound_nats": jnp.mean(bound)}
 
-  def elbo_closed_form_kl(params, x, key):
+  def elbo_closed_form_kl(params, x, key, continuous=False):
     mean, log_var = encoder.apply(params["encoder"], x)
     z = sample_gaussian(key, mean, log_var, section.num_samples)
-    logits = decoder.apply(params["decoder"], z)
-    log_px_z = likelihoods.bernoulli_log_prob(x, logits).sum(-1).mean(0)
+    outputs = decoder.apply(params["decoder"], z)
+    log_px_z = pixel_log_prob(x, outputs, likelihood, continuous).mean(0)
     return log_px_z - likelihoods.kl_diag_gaussian_std_normal(mean, log_var).sum(-1)
 
   def init(key, batch):
@@ -74,8 +98,12 @@ def make_method(config, spec):
                       opt_state=optimizer.init(params))
 
   def train_step(state, batch, key):
-    binarize_key, sample_key = jax.random.split(key)
-    x = transforms.dynamic_binarize(binarize_key, flatten(batch["x"]))
+    data_key, sample_key = jax.random.split(key)
+    x = flatten(batch["x"])
+    if not discrete:
+      x = transforms.dynamic_binarize(data_key, x)
+    elif train_continuous:
+      x = transforms.uniform_dequantize(data_key, x, likelihoods.NUM_BINS)
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, x, sample_key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -83,6 +111,8 @@ def make_method(config, spec):
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def eval_x(batch):
+    if discrete:  # the 8-bit values themselves
+      return flatten(batch["x"])
     return transforms.static_binarize(flatten(batch["x"]), batch["index"], eval_seed)
 
   def eval_step(params, batch, key):
@@ -97,14 +127,14 @@ def make_method(config, spec):
 
   def sample(params, key, num):
     z = jax.random.normal(key, (num, section.latent_dim))
-    probs = jax.nn.sigmoid(decoder.apply(params["decoder"], z))
+    probs = pixel_mean(decoder.apply(params["decoder"], z), likelihood)
     return probs.reshape((num,) + tuple(spec.shape))
 
   def reconstruct(params, batch, key):
     x = eval_x(batch)
     mean, _ = encoder.apply(params["encoder"], x)
     del key
-    return jax.nn.sigmoid(decoder.apply(params["decoder"], mean)).reshape(batch["x"].shape)
+    return pixel_mean(decoder.apply(params["decoder"], mean), likelihood).reshape(batch["x"].shape)
 
   def encoder_mean(params, batch):
     return encoder.apply(params["encoder"], eval_x(batch))[0]
@@ -112,6 +142,55 @@ def make_method(config, spec):
   return Method(name=section.objective, init=init, train_step=train_step, eval_step=eval_step,
                 log_likelihood=log_likelihood, sample=sample, reconstruct=reconstruct,
                 encoder_mean=encoder_mean)
+
+
+def check_likelihood(likelihood, kind):
+  """Raises ValueError unless ``likelihood`` can model pixels of data ``kind``."""
+  if likelihood not in LIKELIHOODS:
+    raise ValueError(f"likelihood={likelihood!r}; choose one of {LIKELIHOODS}")
+  levels = registry.KINDS.get(kind)
+  if likelihood == "discretized_logistic" and levels != likelihoods.NUM_BINS:
+    raise ValueError(f"likelihood='discretized_logistic' models 8-bit pixels "
+                     f"({likelihoods.NUM_BINS} levels); data of kind {kind!r} have "
+                     f"{levels or 'no pixel'} levels: use likelihood='bernoulli'")
+  if likelihood == "bernoulli" and levels is None:
+    raise ValueError(f"likelihood='bernoulli' models pixels in [0, 1] (binarized); data of "
+                     f"kind {kind!r} are not images")
+
+
+def decoder_outputs(likelihood, num_pixels):
+  """Decoder output width: logits (Bernoulli), or a mean and a log-scale per pixel."""
+  return 2 * num_pixels if likelihood == "discretized_logistic" else num_pixels
+
+
+def logistic_params(outputs):
+  """Decoder outputs [..., 2P] -> (mean in (0, 1), log_scale >= MIN_LOG_SCALE), each [..., P]."""
+  raw_mean, raw_log_scale = jnp.split(outputs, 2, axis=-1)
+  return jax.nn.sigmoid(raw_mean), jnp.maximum(raw_log_scale, MIN_LOG_SCALE)
+
+
+def pixel_log_prob(x, outputs, likelihood, continuous=False):
+  """log p(x | z) summed over pixels: [..., B, P] data and decoder outputs -> [..., B].
+
+  Bernoulli with logits ``outputs``; or, for ``'discretized_logistic'``, the
+  discretized logistic of the 8-bit values x (``continuous=False``), or the
+  logistic density of dequantized x minus ``log 256`` per pixel, which lower-bounds
+  the discrete log-probability in expectation over the dequantization noise.
+  """
+  if likelihood == "bernoulli":
+    return likelihoods.bernoulli_log_prob(x, outputs).sum(-1)
+  mean, log_scale = logistic_params(outputs)
+  if continuous:
+    return (likelihoods.logistic_log_prob(x, mean, log_scale).sum(-1)
+            - x.shape[-1] * math.log(likelihoods.NUM_BINS))
+  return likelihoods.discretized_logistic_log_prob(x, mean, log_scale).sum(-1)
+
+
+def pixel_mean(outputs, likelihood):
+  """Decoder outputs -> per-pixel means in [0, 1] (Bernoulli probabilities or logistic means)."""
+  if likelihood == "bernoulli":
+    return jax.nn.sigmoid(outputs)
+  return logistic_params(outputs)[0]
 
 
 def sample_gaussian(key, mean, log_var, num_samples):

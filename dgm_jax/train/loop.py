@@ -20,7 +20,7 @@ from absl import logging
 
 from dgm_jax import models
 from dgm_jax.data import pipeline, registry
-from dgm_jax.eval import classifier, images, scores
+from dgm_jax.eval import classifier, images, nll, scores
 from dgm_jax.models.base import DataSpec
 from dgm_jax.train import checkpoint, config_check, guards, parallel, writers
 
@@ -227,6 +227,9 @@ class _Trainer:
       means = [np.asarray(self.method.encoder_mean(state.params, b))[b["mask"]]
                for b in pipeline.eval_batches(data, "test", config.eval.batch_size)]
       metrics["active_units"] = scores.active_units(np.concatenate(means))
+    if (data.num_levels == 256 and "nll_nats" in metrics  # 8-bit pixels modeled discretely
+        and config[method_name].get("likelihood", "").startswith("discretized")):
+      metrics["bits_per_dim"] = nll.bits_per_dim(metrics["nll_nats"], int(np.prod(data.shape)))
     self._save_images(state.params, step)
     results = {
         "method": method_name,

@@ -1,0 +1,61 @@
+"""bits/dim and the 8-bit likelihoods of section 5.3.1 against independent numpy / scipy."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from dgm_jax import likelihoods
+from dgm_jax.data import transforms
+from dgm_jax.eval import nll
+from dgm_jax.models import vae
+
+
+def test_bits_per_dim_is_nats_over_d_ln2():
+  nats = np.array([0.0, 1.0, 2000.0])
+  np.testing.assert_allclose(nll.bits_per_dim(nats, 784), nats / 784 / np.log(2))
+  # A uniform distribution over the 256 levels of every pixel is exactly 8 bits/dim.
+  assert nll.bits_per_dim(784 * math.log(256), 784) == pytest.approx(8.0)
+
+
+def _numpy_discretized_logistic(k, mean, scale):
+  """P(level k) with bins [k/256, (k+1)/256) and open edge bins, from scipy's logistic cdf."""
+  upper = np.where(k == 255, np.inf, (k + 1) / 256)
+  lower = np.where(k == 0, -np.inf, k / 256)
+  return stats.logistic.cdf(upper, mean, scale) - stats.logistic.cdf(lower, mean, scale)
+
+
+@pytest.mark.parametrize("mean,scale", [(0.5, 0.1), (0.02, 0.01), (0.9, 0.3), (0.3, 0.002)])
+def test_discretized_logistic_matches_scipy_and_sums_to_one(mean, scale):
+  k = np.arange(256)
+  got = np.exp(np.asarray(likelihoods.discretized_logistic_log_prob(
+      jnp.asarray(k / 255.0), mean, math.log(scale))))
+  expected = _numpy_discretized_logistic(k, mean, scale)
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-12)
+  assert got.sum() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_logistic_density_matches_scipy():
+  x = np.linspace(-0.5, 1.5, 41)
+  got = likelihoods.logistic_log_prob(jnp.asarray(x), 0.3, math.log(0.07))
+  np.testing.assert_allclose(got, stats.logistic.logpdf(x, 0.3, 0.07), rtol=1e-9, atol=1e-9)
+
+
+def test_dequantized_density_bound_is_below_the_discrete_log_prob():
+  """E_u[log p((k + u) / 256)] - log 256 <= log P(bin k) (Jensen), per pixel and summed."""
+  key = jax.random.PRNGKey(0)
+  levels = jnp.asarray(np.array([0, 1, 60, 128, 254, 255]) / 255.0)
+  outputs = jnp.asarray([[-3.0, -1.0, 0.2, 1.0, 3.0, 5.0,      # raw means
+                          -2.0, -3.0, -4.0, -2.5, -5.0, -1.0]])  # raw log-scales
+  x = jnp.broadcast_to(levels, (4000, 6))
+  dequantized = transforms.uniform_dequantize(key, x, 256)
+  mean, log_scale = vae.logistic_params(outputs)
+  continuous = (likelihoods.logistic_log_prob(dequantized, mean, log_scale) - math.log(256)).mean(0)
+  discrete = likelihoods.discretized_logistic_log_prob(levels, mean, log_scale)[0]
+  assert np.all(np.asarray(continuous) <= np.asarray(discrete) + 1e-9)
+  np.testing.assert_allclose(
+      vae.pixel_log_prob(dequantized, outputs, "discretized_logistic", continuous=True).mean(),
+      continuous.sum(), rtol=1e-9)
