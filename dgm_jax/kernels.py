@@ -109,14 +109,16 @@ def fast_median(values):
     Scalar median.
   """
   n = values.shape[0]
+  keys = _sortable_keys(values)
   lower_rank = (n - 1) // 2 + 1  # 1-based rank of the lower middle element
-  kth = _kth_smallest(values, lower_rank)
+  kth = _kth_smallest_key(keys, lower_rank)
+  # Read values by gather, never through a float reduction: XLA:CPU flushes subnormals there.
+  kth_value = values[jnp.argmax(keys == kth)]
   if n % 2 == 1:
-    return kth
-  at_most_kth = jnp.sum(values <= kth)
-  above = jnp.min(jnp.where(values > kth, values, jnp.inf))
-  next_value = jnp.where(at_most_kth >= lower_rank + 1, kth, above)
-  return 0.5 * (kth + next_value)
+    return kth_value
+  above = jnp.min(jnp.where(keys > kth, keys, jnp.iinfo(keys.dtype).max))
+  next_key = jnp.where(jnp.sum(keys <= kth) >= lower_rank + 1, kth, above)
+  return 0.5 * (kth_value + values[jnp.argmax(keys == next_key)])
 
 
 def _sortable_keys(values):
@@ -126,10 +128,8 @@ def _sortable_keys(values):
   return jnp.where(bits < 0, bits ^ jnp.iinfo(int_dtype).max, bits)
 
 
-def _kth_smallest(values, rank):
-  """The ``rank``-th smallest (1-based) element of a 1-D array, by integer bisection."""
-  keys = _sortable_keys(values)
-
+def _kth_smallest_key(keys, rank):
+  """The ``rank``-th smallest (1-based) of integer ``keys``, by bisection on their range."""
   def body(_, bracket):
     lo, hi = bracket
     mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
@@ -137,5 +137,6 @@ def _kth_smallest(values, rank):
     return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
 
   # Invariant: count(keys <= hi) >= rank > count(keys < lo); each pass halves hi - lo.
-  _, hi = jax.lax.fori_loop(0, 8 * values.dtype.itemsize, body, (jnp.min(keys), jnp.max(keys)))
-  return jnp.max(jnp.where(keys <= hi, values, -jnp.inf))
+  num_bits = 8 * keys.dtype.itemsize
+  _, hi = jax.lax.fori_loop(0, num_bits, body, (jnp.min(keys), jnp.max(keys)))
+  return hi

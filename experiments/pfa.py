@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 from dgm_jax.data import registry
 from dgm_jax.models import pfa_toy, posterior_toy
-from dgm_jax.train import loop, writers
+from dgm_jax.train import launch, loop, writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: configs/pfa.py[:smoke].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: a new folder in ./runs).")
@@ -77,4 +77,4 @@ def _write(path, obj):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run_main(main)

@@ -13,8 +13,8 @@ One train step, as in section 4.2:
 4. the encoder fitted to the moved particles by K gradient steps on (4.13);
 5. the decoder: a point estimate follows the gradient of (4.1) at this
    iteration's codes, from the same backward pass as the scores (importance
-   weighted for the VIWAE; optionally from the first m of the M exchangeable
-   particles, ``decoder_grad_particles``); M_theta > 1 decoder samples move by
+   weighted for the VIWAE; for the Stein VAE optionally from the first m of the
+   M exchangeable particles, ``decoder_grad_particles``); M_theta > 1 decoder samples move by
    SVGD (4.11) with a kernel on their flattened parameters.
 
 Evaluation (4.5.2) reports the ELBO, with the entropy from the change of
@@ -123,6 +123,9 @@ def make_method(config, spec):
   if not 0 < grad_particles <= num_particles:
     raise ValueError(f"decoder_grad_particles={grad_particles} must lie in [0, num_particles="
                      f"{num_particles}] (0: all particles)")
+  if section.importance_weighted and grad_particles < num_particles:
+    raise ValueError("decoder_grad_particles applies to the Stein VAE only: the VIWAE's decoder "
+                     "gradient uses the self-normalized weights of all M particles; set it to 0")
   if section.encoder_steps < 1:
     raise ValueError(f"encoder_steps={section.encoder_steps} must be at least 1")
   encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), latent_dim, section.activation)
@@ -172,7 +175,7 @@ def make_method(config, spec):
 
     The first step's gradient comes from ``pullback``, the VJP of the forward
     pass that produced ``codes = f_eta(x, xi)`` at this eta (step 1 of the
-    algorithm), so the step runs the encoder forward K - 1 times, not K + 1.
+    algorithm), so a step runs the encoder forward K times in all, not K + 1.
     """
     def adam(eta, opt_state, grads):
       updates, opt_state = encoder_opt.update(grads, opt_state, eta)

@@ -14,7 +14,7 @@ from dgm_jax.train import loop
 from dgm_jax.train.guards import ConfigError, NonFiniteLossError
 from dgm_jax.train.parallel import BatchSplitError
 
-__all__ = ["run_app", "main", "KNOWN_ERRORS"]
+__all__ = ["run_app", "run_main", "main", "KNOWN_ERRORS"]
 
 KNOWN_ERRORS = (ConfigError, DataError, BatchSplitError, NonFiniteLossError)
 
@@ -26,13 +26,25 @@ def run_app(method_name, config_flag, workdir_flag):
   raises a bare AttributeError/KeyError for a key the config does not have;
   that is turned into a message naming the override.
   """
+  def _main(argv):
+    if len(argv) > 1:
+      _fail(f"unexpected arguments {argv[1:]}; options are --config, --workdir, --config.<key>=<value>")
+    main(method_name, config_flag.value, workdir_flag.value)
+
+  run_main(_main)
+
+
+def run_main(main_fn):
+  """``app.run(main_fn)``, with a bad ``--config.a.b=value`` override as one error line.
+
+  For launchers with their own ``main`` (the posterior toys ``experiments.gmm``
+  and ``experiments.pfa``); errors raised once ``main_fn`` runs propagate.
+  """
   started = []
 
   def _main(argv):
     started.append(True)
-    if len(argv) > 1:
-      _fail(f"unexpected arguments {argv[1:]}; options are --config, --workdir, --config.<key>=<value>")
-    main(method_name, config_flag.value, workdir_flag.value)
+    return main_fn(argv)
 
   try:
     app.run(_main)

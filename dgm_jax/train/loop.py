@@ -197,6 +197,8 @@ class _Trainer:
     progress = writers.ProgressLine(0, total, unit="examples", every_s=60.0)
     for i, batch in enumerate(pipeline.eval_batches(self.data, split, self.config.eval.batch_size)):
       mask = batch.pop("mask")
+      if limit:  # cut the last batch at exactly ``limit`` examples
+        mask = mask & (np.cumsum(mask) + count <= limit)
       batch_key = jax.random.fold_in(key, i)
       per_example = dict(self.eval_fn(params, batch, batch_key))
       if num_importance_samples:

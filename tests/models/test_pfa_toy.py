@@ -135,6 +135,7 @@ def test_smoke_launcher_writes_results_and_figure(tmp_path):
     (["--config.data.name=gmm"], "data.name 'pfa'"),
     (["extra"], "'extra'"),
     (["--config.data.options.setting=huge"], "unknown pfa setting 'huge'"),
+    (["--config.stein_vae.no_such_key=1"], "no_such_key"),
 ])
 def test_bad_config_ends_with_one_error_line(tmp_path, args, needle):
   code, _, err = launch(["--config=configs/pfa.py:smoke", f"--workdir={tmp_path}", *args])

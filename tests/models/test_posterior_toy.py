@@ -135,3 +135,16 @@ def test_stein_recognition_samples_find_both_modes_of_the_bimodal_posterior():
                                                  posterior["covs"][:, 0])
   assert np.all(np.isfinite(np.asarray(metrics["loss"])))
   assert np.min(weights) > 0.2, weights  # both modes at every test point
+
+
+def test_unknown_override_ends_with_one_error_line(tmp_path):
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", "experiments.gmm", "--config=configs/gmm.py:smoke",
+                         f"--workdir={tmp_path}", "--config.stein_vae.no_such_key=1"], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=300)
+  lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+  assert proc.returncode == 1 and len(lines) == 1 and "no_such_key" in lines[0], proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "results.json").exists()

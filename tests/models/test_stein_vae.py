@@ -167,3 +167,11 @@ def test_decoder_grad_particles_above_num_particles_is_rejected():
   spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
   with pytest.raises(ValueError, match="decoder_grad_particles"):
     stein_vae.make_method(config, spec)
+
+
+def test_decoder_grad_particles_is_rejected_for_the_viwae():
+  config = mnist.get_config("smoke,viwae")
+  config.stein_vae.decoder_grad_particles = 2
+  spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
+  with pytest.raises(ValueError, match="Stein VAE only"):
+    stein_vae.make_method(config, spec)
