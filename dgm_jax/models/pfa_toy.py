@@ -32,14 +32,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.scipy.special import gammaln
 
 from dgm_jax import likelihoods
-from dgm_jax.models import stein_vae
-from dgm_jax.models.base import make_optimizer
-from dgm_jax.nets.mlp import GaussianMLP
-from dgm_jax.nets.recognition import NoiseMLPEncoder
+from dgm_jax.models import posterior_toy
 
 __all__ = [
     "PfaToy",
@@ -179,148 +175,29 @@ def gibbs_sample(key, x, loadings, shape, rate, num_burnin=2000, num_draws=2500,
 
 
 def train_stein(key, x_train, toy, section, num_steps, batch_size):
-  """Trains the Stein recognition model ``u = f_eta(x, xi)`` (z = exp(u)) with the algorithm of 4.2.
-
-  Each iteration draws a minibatch and ``xi [M, V]`` (shared across the
-  minibatch, as in (4.5)), moves the codes ``f_eta(x_n, xi_j)`` once along
-  the SVGD direction of :func:`log_joint_unconstrained` and fits eta to the
-  moved codes with ``section.encoder_steps`` Adam steps on (4.13).
-
-  Args:
-    key: PRNG key (initialization; iteration t folds t into a key split from it).
-    x_train: [N, P] training counts.
-    toy: the fixed ``PfaToy``.
-    section: the ``stein_vae`` config section.
-    num_steps: Stein iterations.
-    batch_size: examples per iteration.
-
-  Returns:
-    (params ``{"net", "x_scale"}``, metrics {name: [num_steps]}).
-  """
-  x_train = jnp.asarray(x_train)
-  num_factors = toy.loadings.shape[1]
-  encoder = _stein_encoder(section, num_factors)
-  optimizer = make_optimizer(section, num_steps * section.encoder_steps, 1)
-  x_scale = section.input_scale * jnp.std(x_train)
-  init_key, train_key = jax.random.split(key)
-  net = encoder.init(init_key, x_train[:1] / x_scale, jnp.zeros((1, num_factors), x_train.dtype))
-
-  def encode(params, x, xi):
-    return encoder.apply(params, x / x_scale, xi)
-
-  def fit(x, xi, targets, carry, _):
-    params, opt_state = carry
-    loss, grads = jax.value_and_grad(lambda p: stein_vae.encoder_fit_loss(
-        lambda a, b: encode(p, a, b), x, xi, targets))(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
-
-  def iteration(carry, step):
-    batch_key, noise_key = jax.random.split(jax.random.fold_in(train_key, step))
-    x = x_train[jax.random.randint(batch_key, (batch_size,), 0, x_train.shape[0])]
-    xi = jax.random.normal(noise_key, (section.num_particles, num_factors), x.dtype)
-    u = encode(carry[0], x[:, None, :], xi[None])  # [B, M, V]
-    log_p, scores = stein_vae.latent_scores(
-        lambda c: log_joint_unconstrained(toy, x[:, None, :], c), u)
-    moved, bandwidth = stein_vae.svgd_move(u, scores, section.svgd_step_size,
-                                           convention=section.bandwidth_convention)
-    carry, fit_losses = jax.lax.scan(lambda c, s: fit(x, xi, moved, c, s), carry, None,
-                                     length=section.encoder_steps)
-    return carry, {"loss": -jnp.mean(log_p), "encoder_fit": fit_losses[0],
-                   "kernel_bandwidth": jnp.mean(bandwidth),
-                   "particle_move": jnp.mean(jnp.linalg.norm(moved - u, axis=-1))}
-
-  @jax.jit
-  def run(net):
-    return jax.lax.scan(iteration, (net, optimizer.init(net)), jnp.arange(num_steps))
-
-  (net, _), metrics = run(net)
-  return {"net": net, "x_scale": x_scale}, metrics
+  """The Stein recognition model ``u = f_eta(x, xi)`` (z = exp(u)), trained by the algorithm of
+  4.2 on :func:`log_joint_unconstrained` (``posterior_toy.train_stein_encoder``)."""
+  return posterior_toy.train_stein_encoder(
+      key, x_train, lambda x, u: log_joint_unconstrained(toy, x, u), toy.loadings.shape[1],
+      section, num_steps, batch_size)
 
 
 def train_vae(key, x_train, toy, section, num_steps, batch_size):
-  """Trains a Gaussian encoder q(u | x) (log-normal in z) on the reparametrized ELBO, Phi fixed.
-
-  Args:
-    key: PRNG key (initialization; update t folds t into a key split from it).
-    x_train: [N, P] counts.
-    toy: the fixed ``PfaToy``.
-    section: the ``vae`` config section (``num_samples`` codes per example).
-    num_steps: Adam updates.
-    batch_size: examples per update.
-
-  Returns:
-    (params ``{"net", "x_scale"}``, metrics {"loss": [num_steps]}), loss = -ELBO.
-  """
-  x_train = jnp.asarray(x_train)
-  num_factors = toy.loadings.shape[1]
-  encoder = _vae_encoder(section, num_factors)
-  optimizer = make_optimizer(section, num_steps, 1)
-  x_scale = section.input_scale * jnp.std(x_train)
-  init_key, train_key = jax.random.split(key)
-  net = encoder.init(init_key, x_train[:1] / x_scale)
-
-  def negative_elbo(params, x, noise):
-    mean, log_var = encoder.apply(params, x / x_scale)  # [B, V] each
-    u = mean[:, None, :] + jnp.exp(0.5 * log_var)[:, None, :] * noise  # [B, S, V]
-    entropy = 0.5 * jnp.sum(log_var + 1.0 + math.log(2.0 * math.pi), axis=-1)  # H[q(u)], [B]
-    log_p = log_joint_unconstrained(toy, x[:, None, :], u)
-    return -jnp.mean(jnp.mean(log_p, axis=1) + entropy)
-
-  def update(carry, step):
-    params, opt_state = carry
-    batch_key, noise_key = jax.random.split(jax.random.fold_in(train_key, step))
-    x = x_train[jax.random.randint(batch_key, (batch_size,), 0, x_train.shape[0])]
-    noise = jax.random.normal(noise_key, (batch_size, section.num_samples, num_factors), x.dtype)
-    loss, grads = jax.value_and_grad(negative_elbo)(params, x, noise)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), {"loss": loss}
-
-  @jax.jit
-  def run(net):
-    return jax.lax.scan(update, (net, optimizer.init(net)), jnp.arange(num_steps))
-
-  (net, _), metrics = run(net)
-  return {"net": net, "x_scale": x_scale}, metrics
+  """A Gaussian encoder q(u | x) (log-normal in z) on the reparametrized ELBO, Phi fixed
+  (``posterior_toy.train_vae_encoder``)."""
+  return posterior_toy.train_vae_encoder(
+      key, x_train, lambda x, u: log_joint_unconstrained(toy, x, u), toy.loadings.shape[1],
+      section, num_steps, batch_size)
 
 
 def stein_samples(params, section, key, x, num_factors, num_samples):
-  """Draws ``z = exp(f_eta(x, xi))`` with fresh ``xi`` per document and sample.
-
-  Args:
-    params: from :func:`train_stein`.
-    section: the ``stein_vae`` config section.
-    key: PRNG key.
-    x: [N, P] counts.
-    num_factors: V.
-    num_samples: S.
-
-  Returns:
-    [N, S, V] samples of z.
-  """
-  xi = jax.random.normal(key, (x.shape[0], num_samples, num_factors), jnp.float32)
-  encoder = _stein_encoder(section, num_factors)
-  return jnp.exp(encoder.apply(params["net"], jnp.asarray(x)[:, None, :] / params["x_scale"], xi))
+  """[N, S, V] draws ``z = exp(f_eta(x, xi))`` with fresh ``xi`` per document and sample."""
+  return jnp.exp(posterior_toy.stein_samples(params, section, key, x, num_factors, num_samples))
 
 
 def vae_samples(params, section, key, x, num_factors, num_samples):
-  """Draws ``z = exp(u)``, ``u ~ q(u | x)`` of the Gaussian encoder.
-
-  Args:
-    params: from :func:`train_vae`.
-    section: the ``vae`` config section.
-    key: PRNG key.
-    x: [N, P] counts.
-    num_factors: V.
-    num_samples: S.
-
-  Returns:
-    [N, S, V] samples of z.
-  """
-  mean, log_var = _vae_encoder(section, num_factors).apply(params["net"],
-                                                          jnp.asarray(x) / params["x_scale"])
-  noise = jax.random.normal(key, (x.shape[0], num_samples, num_factors), mean.dtype)
-  return jnp.exp(mean[:, None, :] + jnp.exp(0.5 * log_var)[:, None, :] * noise)
+  """[N, S, V] draws ``z = exp(u)``, ``u ~ q(u | x)`` of the Gaussian encoder."""
+  return jnp.exp(posterior_toy.vae_samples(params, section, key, x, num_factors, num_samples))
 
 
 def marginal_moments(samples):
@@ -451,11 +328,3 @@ def _tokens(x):
   mask = np.zeros(words.shape, bool)
   words[doc, position], mask[doc, position] = word, True
   return words, mask
-
-
-def _stein_encoder(section, num_factors):
-  return NoiseMLPEncoder(tuple(section.encoder_hidden), num_factors, section.activation)
-
-
-def _vae_encoder(section, num_factors):
-  return GaussianMLP(tuple(section.hidden_sizes), num_factors, section.activation)

@@ -44,7 +44,9 @@ __all__ = [
     "toy_from_dataset",
     "log_joint",
     "train_stein",
+    "train_stein_encoder",
     "train_vae",
+    "train_vae_encoder",
     "stein_samples",
     "vae_samples",
     "exact_samples",
@@ -98,17 +100,24 @@ def log_joint(toy, x, z):
 
 
 def train_stein(key, x_train, toy, section, num_steps, batch_size):
+  """:func:`train_stein_encoder` on the exact log joint of the ``Toy``."""
+  return train_stein_encoder(key, x_train, lambda x, z: log_joint(toy, x, z), toy.mu.shape[0],
+                             section, num_steps, batch_size)
+
+
+def train_stein_encoder(key, x_train, log_joint_fn, latent_dim, section, num_steps, batch_size):
   """Trains the Stein recognition model f_eta(x, xi) with the algorithm of 4.2.
 
   Each iteration draws a minibatch and ``xi [M, Dz]`` (shared across the
   minibatch, as in (4.5)), moves the codes ``f_eta(x_n, xi_j)`` once along
-  the SVGD direction of the exact log joint and fits eta to the moved codes
-  with ``section.encoder_steps`` Adam steps on (4.13).
+  the SVGD direction of the fixed model's log joint and fits eta to the moved
+  codes with ``section.encoder_steps`` Adam steps on (4.13).
 
   Args:
     key: PRNG key (initialization; iteration t folds t into a key split from it).
     x_train: [N, Dx] training observations.
-    toy: the fixed ``Toy``.
+    log_joint_fn: ``(x [..., Dx], z [..., Dz]) -> [...]``, the fixed model's log joint.
+    latent_dim: Dz.
     section: the ``stein_vae`` config section.
     num_steps: Stein iterations.
     batch_size: examples per iteration.
@@ -117,7 +126,6 @@ def train_stein(key, x_train, toy, section, num_steps, batch_size):
     (params ``{"net", "x_scale"}``, metrics {name: [num_steps]}).
   """
   x_train = jnp.asarray(x_train)
-  latent_dim = toy.mu.shape[0]
   encoder = _stein_encoder(section, latent_dim)
   optimizer = make_optimizer(section, num_steps * section.encoder_steps, 1)
   x_scale = section.input_scale * jnp.std(x_train)
@@ -139,7 +147,7 @@ def train_stein(key, x_train, toy, section, num_steps, batch_size):
     x = x_train[jax.random.randint(batch_key, (batch_size,), 0, x_train.shape[0])]
     xi = jax.random.normal(noise_key, (section.num_particles, latent_dim), x.dtype)
     z = encode(carry[0], x[:, None, :], xi[None])  # [B, M, Dz]
-    log_p, scores = stein_vae.latent_scores(lambda c: log_joint(toy, x[:, None, :], c), z)
+    log_p, scores = stein_vae.latent_scores(lambda c: log_joint_fn(x[:, None, :], c), z)
     moved, bandwidth = stein_vae.svgd_move(z, scores, section.svgd_step_size,
                                            convention=section.bandwidth_convention)
     carry, fit_losses = jax.lax.scan(lambda c, u: fit(x, xi, moved, c, u), carry, None,
@@ -157,12 +165,19 @@ def train_stein(key, x_train, toy, section, num_steps, batch_size):
 
 
 def train_vae(key, x_train, toy, section, num_steps, batch_size):
+  """:func:`train_vae_encoder` on the exact log joint of the ``Toy``."""
+  return train_vae_encoder(key, x_train, lambda x, z: log_joint(toy, x, z), toy.mu.shape[0],
+                           section, num_steps, batch_size)
+
+
+def train_vae_encoder(key, x_train, log_joint_fn, latent_dim, section, num_steps, batch_size):
   """Trains a Gaussian encoder q(z | x) on the reparametrized ELBO with the decoder fixed.
 
   Args:
     key: PRNG key (initialization; update t folds t into a key split from it).
     x_train: [N, Dx].
-    toy: the fixed ``Toy``.
+    log_joint_fn: ``(x [..., Dx], z [..., Dz]) -> [...]``, the fixed model's log joint.
+    latent_dim: Dz.
     section: the ``vae`` config section (``num_samples`` codes per example).
     num_steps: Adam updates.
     batch_size: examples per update.
@@ -171,7 +186,6 @@ def train_vae(key, x_train, toy, section, num_steps, batch_size):
     (params ``{"net", "x_scale"}``, metrics {"loss": [num_steps]}), loss = -ELBO.
   """
   x_train = jnp.asarray(x_train)
-  latent_dim = toy.mu.shape[0]
   encoder = _vae_encoder(section, latent_dim)
   optimizer = make_optimizer(section, num_steps, 1)
   x_scale = section.input_scale * jnp.std(x_train)
@@ -182,7 +196,7 @@ def train_vae(key, x_train, toy, section, num_steps, batch_size):
     mean, log_var = encoder.apply(params, x / x_scale)  # [B, Dz] each
     z = mean[:, None, :] + jnp.exp(0.5 * log_var)[:, None, :] * noise  # [B, S, Dz]
     entropy = 0.5 * jnp.sum(log_var + 1.0 + math.log(2.0 * math.pi), axis=-1)  # H[q], [B]
-    return -jnp.mean(jnp.mean(log_joint(toy, x[:, None, :], z), axis=1) + entropy)
+    return -jnp.mean(jnp.mean(log_joint_fn(x[:, None, :], z), axis=1) + entropy)
 
   def update(carry, step):
     params, opt_state = carry
@@ -215,6 +229,7 @@ def stein_samples(params, section, key, x, latent_dim, num_samples):
   Returns:
     [N, S, Dz] samples.
   """
+  x = jnp.asarray(x)
   xi = jax.random.normal(key, (x.shape[0], num_samples, latent_dim), x.dtype)
   encoder = _stein_encoder(section, latent_dim)
   return encoder.apply(params["net"], x[:, None, :] / params["x_scale"], xi)
@@ -234,6 +249,7 @@ def vae_samples(params, section, key, x, latent_dim, num_samples):
   Returns:
     [N, S, Dz] samples.
   """
+  x = jnp.asarray(x)
   mean, log_var = _vae_encoder(section, latent_dim).apply(params["net"], x / params["x_scale"])
   noise = jax.random.normal(key, (x.shape[0], num_samples, latent_dim), x.dtype)
   return mean[:, None, :] + jnp.exp(0.5 * log_var)[:, None, :] * noise
