@@ -39,6 +39,7 @@ __all__ = [
     "latent_scores",
     "svgd_move",
     "encoder_fit_loss",
+    "codes_fit_loss",
     "change_of_variables_log_q",
 ]
 
@@ -91,7 +92,11 @@ def encoder_fit_loss(encode, x, xi, targets):
   Returns:
     Scalar loss.
   """
-  codes = encode(x[:, None, :], xi[None])
+  return codes_fit_loss(encode(x[:, None, :], xi[None]), targets)
+
+
+def codes_fit_loss(codes, targets):
+  """(4.13) of given codes ``[B, M, D]``; its gradient in codes is ``(codes - targets) / B``."""
   return 0.5 * jnp.mean(jnp.sum(jnp.square(codes - targets), axis=(-2, -1)))
 
 
@@ -186,9 +191,9 @@ def make_method(config, spec):
           lambda e: encoder_fit_loss(lambda a, b: encode(e, a, b), x, xi, targets))(carry[0])
       return adam(*carry, grads), loss
 
-    # d(4.13)/d codes = (codes - targets) / B, pulled back to eta.
-    first_loss = 0.5 * jnp.mean(jnp.sum(jnp.square(codes - targets), axis=(-2, -1)))
-    (first_grads,) = pullback((codes - targets) / codes.shape[0])
+    # The gradient of (4.13) in the codes, pulled back to eta.
+    first_loss, codes_grad = jax.value_and_grad(codes_fit_loss)(codes, targets)
+    (first_grads,) = pullback(codes_grad)
     eta, opt_state = adam(eta, opt_state, first_grads)
     (eta, opt_state), losses = jax.lax.scan(one_step, (eta, opt_state), None,
                                             length=section.encoder_steps - 1)
