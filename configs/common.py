@@ -49,7 +49,11 @@ def vae_section(**overrides):
       # 'bernoulli' (binarized pixels) or 'discretized_logistic' (8-bit pixels, 5.3.1); with
       # the latter, dequantize=True trains on uniformly dequantized pixels (5.3.1), False on
       # the discrete likelihood; evaluation is always discrete.
-      likelihood="bernoulli", dequantize=True))
+      likelihood="bernoulli", dequantize=True,
+      # Semi-supervised (4.4): a label decoder softmax(theta~ z); each step adds
+      # labeled_batch_size pairs from a class-balanced subset of labels_per_class per class.
+      semi_supervised=False, labels_per_class=100, labeled_batch_size=50,
+  ))
   section.update(overrides)
   return section
 
@@ -77,7 +81,11 @@ def stein_vae_section(**overrides):
       decoder_grad_particles=0,  # particles per example in the gradient of (4.1); 0: all M
       eval_elbo_samples=10,
       learning_rate=2e-4, lr_schedule="constant", final_lr_fraction=1.0,
-      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8))
+      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8,
+      # Semi-supervised (4.4): a label decoder softmax(theta~ z); each step adds
+      # labeled_batch_size pairs from a class-balanced subset of labels_per_class per class.
+      semi_supervised=False, labels_per_class=100, labeled_batch_size=50,
+  ))
   section.update(overrides)
   return section
 
@@ -91,13 +99,19 @@ def asvae_section(method="asvae", smoke=False, paper=False, **overrides):
   an MLP), MLP encoder and decoder. The encoder's planar flow has 10 layers by
   default (CPU), 80 with ``paper`` as in 5.3; ALI's encoder is Gaussian.
   ``variant`` (AS-VAE only): 'full', 'r' (AS-VAE-r) or 'g' (AS-VAE-g).
+  ``encoder_arch`` / ``decoder_arch`` = 'conv' swap the MLPs for the strided
+  convolution stages of ``dgm_jax.nets.conv`` (defaults: Fig. 5.1's two stages;
+  ``configs/cifar10.py`` sets Fig. 5.2's).
   """
   section = ml_collections.ConfigDict(dict(
       latent_dim=64, encoder_hidden=(200, 200), decoder_hidden=(200, 200), activation="relu",
+      encoder_arch="mlp", decoder_arch="mlp",  # 'mlp' or 'conv' (nets.conv)
+      encoder_conv_features=(32, 64), decoder_conv_features=(64, 32),  # per stride-2 stage
+      conv_stage_depth=0, conv_first_kernel_size=3,  # unstrided convs per stage; first kernel
       flow_length=0 if method == "ali" else (80 if paper else 10), flow_init_scale=0.1,
       relaxation_temperature=0.5,
       disc_trunk="conv", disc_x_features=(32, 64), disc_z_hidden=(200,),
-      disc_joint_hidden=(200,), disc_activation="leaky_relu",
+      disc_joint_hidden=(200,), disc_activation="leaky_relu", disc_kernel_size=3,
       learning_rate=1e-4, disc_learning_rate=1e-4, lr_schedule="constant",
       final_lr_fraction=1.0, adam_b1=0.5, adam_b2=0.999, adam_eps=1e-8,
       likelihood="bernoulli", dequantize=True))  # as in vae_section
@@ -107,6 +121,7 @@ def asvae_section(method="asvae", smoke=False, paper=False, **overrides):
     section.variant = "full"
   if smoke:
     section.update(latent_dim=8, encoder_hidden=(32,), decoder_hidden=(32,),
+                   encoder_conv_features=(4, 8), decoder_conv_features=(8, 4),
                    flow_length=min(section.flow_length, 2), disc_x_features=(4, 8),
                    disc_z_hidden=(16,), disc_joint_hidden=(16,))
   section.update(overrides)

@@ -5,6 +5,10 @@ Arguments after the colon, comma-separated:
   paper    Burda et al.'s full schedule: 3,280 epochs, lr 1e-3 * 10^(-i/7)
   iwae     the IWAE objective with k = 5 (``vae`` section)
   viwae    the Stein VIWAE (``stein_vae`` section, importance weighted)
+  semi     semi-supervised classification (4.5.3, Table 4.3) for ``vae`` and ``stein_vae``:
+           the FNN of Kingma et al. (2014), two layers of 600 softplus units and z of 50,
+           100 labels per class (``--config.stein_vae.labels_per_class=10`` for the
+           10-label column), 100 epochs
 
   python -m experiments.vae --config=configs/mnist.py:iwae --config.vae.num_samples=50
 """
@@ -15,7 +19,7 @@ STEPS_PER_EPOCH = 500  # 50,000 training images, batch 100
 
 
 def get_config(arg=None):
-  args = common.parse_args(arg, {"smoke", "paper", "iwae", "viwae"})
+  args = common.parse_args(arg, {"smoke", "paper", "iwae", "viwae", "semi"})
   config = common.base_config("mnist", batch_size=100)
   # 700 epochs: the VAE's test NLL reaches 88 nats in 32 minutes on 2 CPU cores (README). A Stein
   # VAE or AS-VAE epoch costs several times a VAE epoch: set --config.train.num_steps to taste.
@@ -29,6 +33,11 @@ def get_config(arg=None):
     config.stein_vae.importance_weighted = True
   if "iwae" in args:
     config.vae.update(objective="iwae", num_samples=5)
+  if "semi" in args:
+    semi = dict(semi_supervised=True, latent_dim=50, activation="softplus")
+    config.vae.update(hidden_sizes=(600, 600), **semi)
+    config.stein_vae.update(encoder_hidden=(600, 600), decoder_hidden=(600, 600), **semi)
+    config.train.update(num_steps=100 * STEPS_PER_EPOCH, eval_every=10 * STEPS_PER_EPOCH)
   if "paper" in args:
     config.train.num_steps = 3280 * STEPS_PER_EPOCH
     config.train.eval_every = 100 * STEPS_PER_EPOCH
@@ -38,4 +47,7 @@ def get_config(arg=None):
     common.make_smoke(config)
     config.stein_vae.update(num_particles=4, latent_dim=8, encoder_hidden=(32,),
                             decoder_hidden=(32,), eval_elbo_samples=2)
+    if "semi" in args:
+      config.vae.update(hidden_sizes=(32,), labels_per_class=5, labeled_batch_size=8)
+      config.stein_vae.update(labels_per_class=5, labeled_batch_size=8)
   return config

@@ -15,7 +15,7 @@ import numpy as np
 
 from dgm_jax.data.registry import DataError
 
-__all__ = ["batch_indices", "get_batch", "eval_batches"]
+__all__ = ["batch_indices", "get_batch", "eval_batches", "labeled_subset"]
 
 
 def batch_indices(num_examples, batch_size, step, seed):
@@ -83,6 +83,34 @@ def eval_batches(dataset, split, batch_size):
     batch = _gather(dataset, split, np.minimum(positions, num_examples - 1))
     batch["mask"] = positions < num_examples
     yield batch
+
+
+def labeled_subset(labels, per_class, seed):
+  """Indices of a class-balanced labeled subset, for semi-supervised runs (4.5.3).
+
+  ``per_class`` examples of every class, drawn without replacement by
+  ``np.random.default_rng([seed, 1])`` (the seed picks one of the random splits
+  the dissertation averages over), returned sorted.
+
+  Args:
+    labels: int ``[N]`` labels of the training split.
+    per_class: examples kept per class.
+    seed: the run's data seed.
+
+  Returns:
+    int64 ``[C * per_class]`` indices into the split.
+
+  Raises:
+    DataError: a class has fewer than ``per_class`` examples.
+  """
+  rng = np.random.default_rng([seed, 1])
+  classes, counts = np.unique(labels, return_counts=True)
+  if per_class < 1 or counts.min() < per_class:
+    raise DataError(f"labels_per_class={per_class} must be at least 1 and at most the size of "
+                    f"the smallest class ({int(counts.min())} examples of class "
+                    f"{int(classes[counts.argmin()])})")
+  chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes]
+  return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 @functools.lru_cache(maxsize=4)

@@ -40,6 +40,8 @@ class Method(NamedTuple):
     sample: ``(params, key, num) -> [num, *shape]`` images in [0, 1].
     reconstruct: ``(params, batch, key) -> [B, *shape]`` in [0, 1].
     encoder_mean: ``(params, batch) -> [B, D]`` E_q[z | x], or None.
+    semi_supervised: ``models.semi_supervised.Settings`` when the train step also
+      takes ``x_labeled`` / ``label_labeled`` from a fixed labeled subset (4.4), else None.
   """
 
   name: str
@@ -50,6 +52,7 @@ class Method(NamedTuple):
   sample: Callable
   reconstruct: Callable
   encoder_mean: Optional[Callable] = None
+  semi_supervised: Optional[NamedTuple] = None
 
 
 def make_optimizer(section, num_steps, steps_per_epoch):

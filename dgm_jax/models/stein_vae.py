@@ -17,6 +17,12 @@ One train step, as in section 4.2:
    M exchangeable particles, ``decoder_grad_particles``); M_theta > 1 decoder samples move by
    SVGD (4.11) with a kernel on their flattened parameters.
 
+Semi-supervised (4.4, ``semi_supervised=True``): each step also takes B_l labeled
+pairs; their codes move with the scores of (4.54), which add ``zeta log p(y | z,
+theta~)`` with ``p(y | z) = softmax(theta~ z)``, theta~ follows the gradient of
+(4.51) and the test split reports ``classification_error`` of ``argmax_y
+E_q[p(y | z)]`` (``models.semi_supervised``).
+
 Evaluation (4.5.2) reports the ELBO, with the entropy from the change of
 variables, and the importance-sampled bound (S-ELBO), averaged over decoder samples.
 """
@@ -29,6 +35,7 @@ import optax
 from dgm_jax import bounds, kernels, likelihoods, svgd
 from dgm_jax.data import transforms
 from dgm_jax.eval import nll
+from dgm_jax.models import semi_supervised
 from dgm_jax.models.base import Method, make_optimizer
 from dgm_jax.nets.mlp import MLP
 from dgm_jax.nets.recognition import NoiseMLPEncoder
@@ -133,7 +140,9 @@ def make_method(config, spec):
                      "gradient uses the self-normalized weights of all M particles; set it to 0")
   if section.encoder_steps < 1:
     raise ValueError(f"encoder_steps={section.encoder_steps} must be at least 1")
+  semi = semi_supervised.settings_from(section, spec)
   encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), latent_dim, section.activation)
+  label_decoder = semi_supervised.LabelDecoder(semi.num_classes) if semi else None
   decoder = MLP(tuple(section.decoder_hidden), num_pixels, section.activation)
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
   encoder_opt = make_optimizer(section, config.train.num_steps * section.encoder_steps,
@@ -173,6 +182,9 @@ def make_method(config, spec):
       theta = jax.vmap(lambda k: decoder.init(k, dummy_z))(jax.random.split(dec_key, num_decoders))
     params = {"encoder": eta, "decoder": theta}
     opt_state = {"encoder": encoder_opt.init(eta), "decoder": decoder_opt.init(theta)}
+    if semi:
+      params["label_decoder"] = label_decoder.init(jax.random.fold_in(key, 1), dummy_z)
+      opt_state["label_decoder"] = decoder_opt.init(params["label_decoder"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
   def fit_encoder(eta, opt_state, x, xi, targets, codes, pullback):
@@ -183,8 +195,7 @@ def make_method(config, spec):
     algorithm), so a step runs the encoder forward K times in all, not K + 1.
     """
     def adam(eta, opt_state, grads):
-      updates, opt_state = encoder_opt.update(grads, opt_state, eta)
-      return optax.apply_updates(eta, updates), opt_state
+      return adam_step(encoder_opt, eta, opt_state, grads)
 
     def one_step(carry, _):
       loss, grads = jax.value_and_grad(
@@ -215,14 +226,30 @@ def make_method(config, spec):
     direction = svgd.tree_svgd_direction(thetas, scores)
     return jax.tree_util.tree_map(lambda d: -d / scale, direction)
 
+  def label_term(theta_tilde, z, labels, label_weights):
+    """``zeta log p(y | z, theta~)`` of (4.54) per particle (0 on unlabeled rows) and its VJP."""
+    return jax.vjp(lambda t, c: semi_supervised.label_log_prob(
+        lambda code: label_decoder.apply(t, code), c, labels, label_weights), theta_tilde, z)
+
   def train_step(state, batch, key):
     binarize_key, noise_key = jax.random.split(key)
     eta, thetas = state.params["encoder"], state.params["decoder"]
     x = transforms.dynamic_binarize(binarize_key, flatten(batch["x"]))  # [B, P]
+    if semi:  # unlabeled rows first, then the labeled pairs (4.4)
+      x_labeled = transforms.dynamic_binarize(jax.random.fold_in(binarize_key, 1),
+                                              flatten(batch["x_labeled"]))
+      x, labels, label_weights = semi_supervised.merged_batch(
+          x, x_labeled, batch["label_labeled"], num_pixels, semi.num_classes)
     xi = jax.random.normal(noise_key, (num_particles, latent_dim))  # shared across examples (4.5)
     z, encoder_pullback = jax.vjp(lambda e: encode(e, x[:, None, :], xi[None]), eta)  # [B, M, D]
+    if semi:
+      label_log_p, label_pullback = label_term(state.params["label_decoder"], z, labels,
+                                               label_weights)
+      _, label_scores = label_pullback(jnp.ones_like(label_log_p))
     if section.importance_weighted:
       log_p, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
+      if semi:  # the weights (4.40) of labeled codes see log p(x, y, z)
+        log_p, scores = log_p + label_log_p, scores + label_scores
       _, log_q = log_q_codes(eta, x, jnp.broadcast_to(xi, z.shape))
       log_w = jax.lax.stop_gradient(log_p - log_q)
       weights = bounds.normalized_weights(log_w, axis=1)
@@ -231,22 +258,31 @@ def make_method(config, spec):
       log_w = None
       weights = jnp.full(z.shape[:2], 1.0 / num_particles)
       log_p, scores, decoder_grads = scores_and_decoder_gradients(thetas, x, z)
+      if semi:
+        log_p, scores = log_p + label_log_p, scores + label_scores
     moved, bandwidth = svgd_move(z, scores, section.svgd_step_size, log_w,
                                  section.bandwidth_convention)
     eta, enc_opt_state, fit_losses = fit_encoder(eta, state.opt_state["encoder"], x, xi, moved,
                                                  z, encoder_pullback)
     updates, dec_opt_state = decoder_opt.update(decoder_grads, state.opt_state["decoder"], thetas)
     thetas = optax.apply_updates(thetas, updates)
+    params = {"encoder": eta, "decoder": thetas}
+    opt_state = {"encoder": enc_opt_state, "decoder": dec_opt_state}
     metrics = {
         "loss": -jnp.mean(jnp.sum(weights * log_p, axis=1)),
         "encoder_fit": fit_losses[0],
         "kernel_bandwidth": jnp.mean(bandwidth),
         "particle_move": jnp.mean(jnp.linalg.norm(moved - z, axis=-1)),
     }
+    if semi:  # theta~ ascends (4.51): the weighted label log-likelihood of the labeled codes
+      label_grads, _ = label_pullback(-weights / x.shape[0])
+      params["label_decoder"], opt_state["label_decoder"] = adam_step(
+          decoder_opt, state.params["label_decoder"], state.opt_state["label_decoder"],
+          label_grads)
+      metrics["label_nll"] = -jnp.sum(weights * label_log_p) / jnp.sum(label_weights)
     if section.importance_weighted:
       metrics["effective_sample_size"] = jnp.mean(bounds.effective_sample_size(log_w, axis=1))
-    return state.replace(step=state.step + 1, params={"encoder": eta, "decoder": thetas},
-                         opt_state={"encoder": enc_opt_state, "decoder": dec_opt_state}), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def scores_and_decoder_gradients(thetas, x, z):
     """One backward pass gives the z-scores (4.12) and the theta-gradient of (4.1).
@@ -282,7 +318,14 @@ def make_method(config, spec):
 
   def eval_step(params, batch, key):
     x = eval_x(batch)
-    return {"elbo_nats": jnp.mean(log_weights(params, x, key, section.eval_elbo_samples), axis=0)}
+    metrics = {"elbo_nats": jnp.mean(log_weights(params, x, key, section.eval_elbo_samples),
+                                     axis=0)}
+    if semi:  # argmax_y of p(y | z) averaged over the codes of eval_elbo_samples xi
+      xi = jax.random.normal(jax.random.fold_in(key, 1), (section.eval_elbo_samples, latent_dim))
+      z = encode(params["encoder"], x[:, None, :], xi[None])
+      metrics["classification_error"] = semi_supervised.classification_error(
+          label_decoder.apply(params["label_decoder"], z), batch["label"])
+    return metrics
 
   def log_likelihood(params, batch, key, num_samples):
     x = eval_x(batch)
@@ -313,7 +356,13 @@ def make_method(config, spec):
   name = "stein_viwae" if section.importance_weighted else "stein_vae"
   return Method(name=name, init=init, train_step=train_step, eval_step=eval_step,
                 log_likelihood=log_likelihood, sample=sample, reconstruct=reconstruct,
-                encoder_mean=encoder_mean)
+                encoder_mean=encoder_mean, semi_supervised=semi)
+
+
+def adam_step(optimizer, params, opt_state, grads):
+  """One optimizer update: (params, opt_state)."""
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
 
 
 def flatten(x):

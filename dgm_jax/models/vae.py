@@ -21,6 +21,12 @@ so the reported training bound is a lower bound in nats of the discrete pixels.
 the 8-bit values themselves, so ``nll_nats`` is a bound on the discrete
 likelihood and bits/dim (``dgm_jax.eval.nll.bits_per_dim``) is comparable with
 prior work. Samples and reconstructions are the logistic means (in (0, 1)).
+
+Semi-supervised (``semi_supervised=True``, the VAE column of Table 4.3): the
+labeled pairs of each step add ``zeta log p(y | z)`` with ``p(y | z) =
+softmax(theta~ z)`` to the log-likelihood inside the bound (the same decoder and
+zeta as the Stein VAE's (4.54), ``models.semi_supervised``); the test split
+reports ``classification_error`` of ``argmax_y p(y | mu(x))``.
 """
 
 import math
@@ -33,6 +39,7 @@ import optax
 from dgm_jax import bounds, likelihoods
 from dgm_jax.data import registry, transforms
 from dgm_jax.eval import nll
+from dgm_jax.models import semi_supervised
 from dgm_jax.models.base import Method, make_optimizer
 from dgm_jax.nets.mlp import MLP, GaussianMLP
 from dgm_jax.train.state import TrainState
@@ -56,6 +63,8 @@ def make_method(config, spec):
   # 5.3.1: train on the density of dequantized pixels, evaluate on the discrete bins.
   train_continuous = discrete and section.get("dequantize", True)
   num_pixels = int(np.prod(spec.shape))
+  semi = semi_supervised.settings_from(section, spec)
+  label_decoder = semi_supervised.LabelDecoder(semi.num_classes) if semi else None
   encoder = GaussianMLP(tuple(section.hidden_sizes), section.latent_dim, section.activation)
   decoder = MLP(tuple(reversed(section.hidden_sizes)), decoder_outputs(likelihood, num_pixels),
                 section.activation)
@@ -63,48 +72,72 @@ def make_method(config, spec):
   optimizer = make_optimizer(section, config.train.num_steps, steps_per_epoch)
   eval_seed = config.eval.binarization_seed
 
-  def log_weights(params, x, key, num_samples, continuous=False):
-    """[num_samples, B] log p(x, z) - log q(z|x) for z ~ q(z|x), x: [B, P] binary or 8-bit."""
+  def label_log_lik(params, z, labeled):
+    """``zeta log p(y | z)`` [S, B] of codes z [S, B, D]; 0 when ``labeled`` is None."""
+    if labeled is None:
+      return 0.0
+    per_example = semi_supervised.label_log_prob(
+        lambda c: label_decoder.apply(params["label_decoder"], c), jnp.swapaxes(z, 0, 1),
+        *labeled)
+    return jnp.swapaxes(per_example, 0, 1)
+
+  def log_weights(params, x, key, num_samples, continuous=False, labeled=None):
+    """[num_samples, B] log p(x, z) - log q(z|x) for z ~ q(z|x), x: [B, P] binary or 8-bit.
+
+    ``labeled = (labels, weights)`` adds ``weights * log p(y | z)`` (semi-supervised).
+    """
     mean, log_var = encoder.apply(params["encoder"], x)
     z = sample_gaussian(key, mean, log_var, num_samples)
     log_px_z = pixel_log_prob(x, decoder.apply(params["decoder"], z), likelihood, continuous)
+    log_px_z = log_px_z + label_log_lik(params, z, labeled)
     log_pz = likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1)
     log_qz = likelihoods.gaussian_log_prob(z, mean, log_var).sum(-1)
     return log_px_z + log_pz - log_qz
 
-  def objective(params, x, key):
+  def objective(params, x, key, labeled=None):
     if section.objective == "iwae":
       bound = bounds.iwae_bound(log_weights(params, x, key, section.num_samples,
-                                            train_continuous))
+                                            train_continuous, labeled))
     else:
-      bound = elbo_closed_form_kl(params, x, key, train_continuous)
+      bound = elbo_closed_form_kl(params, x, key, train_continuous, labeled)
     return -jnp.mean(bound), {"bound_nats": jnp.mean(bound)}
 
-  def elbo_closed_form_kl(params, x, key, continuous=False):
+  def elbo_closed_form_kl(params, x, key, continuous=False, labeled=None):
     mean, log_var = encoder.apply(params["encoder"], x)
     z = sample_gaussian(key, mean, log_var, section.num_samples)
     outputs = decoder.apply(params["decoder"], z)
-    log_px_z = pixel_log_prob(x, outputs, likelihood, continuous).mean(0)
+    log_px_z = (pixel_log_prob(x, outputs, likelihood, continuous)
+                + label_log_lik(params, z, labeled)).mean(0)
     return log_px_z - likelihoods.kl_diag_gaussian_std_normal(mean, log_var).sum(-1)
 
   def init(key, batch):
     enc_key, dec_key = jax.random.split(key)
     x = flatten(batch["x"])
-    params = {
-        "encoder": encoder.init(enc_key, x),
-        "decoder": decoder.init(dec_key, jnp.zeros(x.shape[:1] + (section.latent_dim,))),
-    }
+    dummy_z = jnp.zeros(x.shape[:1] + (section.latent_dim,))
+    params = {"encoder": encoder.init(enc_key, x), "decoder": decoder.init(dec_key, dummy_z)}
+    if semi:
+      params["label_decoder"] = label_decoder.init(jax.random.fold_in(key, 1), dummy_z)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params))
 
+  def train_x(key, images):
+    x = flatten(images)
+    if not discrete:
+      return transforms.dynamic_binarize(key, x)
+    if train_continuous:
+      return transforms.uniform_dequantize(key, x, likelihoods.NUM_BINS)
+    return x
+
   def train_step(state, batch, key):
     data_key, sample_key = jax.random.split(key)
-    x = flatten(batch["x"])
-    if not discrete:
-      x = transforms.dynamic_binarize(data_key, x)
-    elif train_continuous:
-      x = transforms.uniform_dequantize(data_key, x, likelihoods.NUM_BINS)
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, x, sample_key)
+    x, labeled = train_x(data_key, batch["x"]), None
+    if semi:  # unlabeled rows, then the labeled pairs with weight zeta (4.4)
+      x_labeled = train_x(jax.random.fold_in(data_key, 1), batch["x_labeled"])
+      x, labels, label_weights = semi_supervised.merged_batch(
+          x, x_labeled, batch["label_labeled"], num_pixels, semi.num_classes)
+      labeled = (labels, label_weights)
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, x, sample_key,
+                                                                      labeled)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
@@ -117,7 +150,12 @@ def make_method(config, spec):
 
   def eval_step(params, batch, key):
     x = eval_x(batch)
-    return {"elbo_nats": elbo_closed_form_kl(params, x, key)}
+    metrics = {"elbo_nats": elbo_closed_form_kl(params, x, key)}
+    if semi:  # argmax_y p(y | z) at the encoder mean
+      mean, _ = encoder.apply(params["encoder"], x)
+      metrics["classification_error"] = semi_supervised.classification_error(
+          label_decoder.apply(params["label_decoder"], mean[:, None]), batch["label"])
+    return metrics
 
   def log_likelihood(params, batch, key, num_samples):
     x = eval_x(batch)
@@ -141,7 +179,7 @@ def make_method(config, spec):
 
   return Method(name=section.objective, init=init, train_step=train_step, eval_step=eval_step,
                 log_likelihood=log_likelihood, sample=sample, reconstruct=reconstruct,
-                encoder_mean=encoder_mean)
+                encoder_mean=encoder_mean, semi_supervised=semi)
 
 
 def check_likelihood(likelihood, kind):

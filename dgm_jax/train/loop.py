@@ -20,6 +20,7 @@ from absl import logging
 
 from dgm_jax import models
 from dgm_jax.data import pipeline, registry
+from dgm_jax.data.registry import DataError
 from dgm_jax.eval import classifier, images, nll, scores
 from dgm_jax.models.base import DataSpec
 from dgm_jax.train import checkpoint, config_check, guards, parallel, writers
@@ -58,11 +59,15 @@ def run(config, workdir=None, method_name=None):
   mesh = parallel.make_mesh()
   parallel.check_batch_divides(config.data.batch_size, mesh)
   parallel.check_batch_divides(config.eval.batch_size, mesh)
+  train_labels = data.labels["train"]
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
-                  num_classes=None)
+                  num_classes=None if train_labels is None else int(train_labels.max()) + 1)
   try:
     method = models.get_method(method_name)(config, spec)
-  except ValueError as error:
+    if method.semi_supervised is not None:
+      parallel.check_batch_divides(method.semi_supervised.labeled_batch_size, mesh)
+      pipeline.labeled_subset(train_labels, method.semi_supervised.labels_per_class, config.seed)
+  except (ValueError, DataError) as error:
     raise guards.ConfigError(f"section '{method_name}': {error}") from None
   _write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
@@ -84,6 +89,9 @@ class _Trainer:
     root = jax.random.PRNGKey(config.seed)
     self.init_key, self.train_key, self.eval_key = jax.random.split(root, 3)
 
+    if method.semi_supervised is not None:
+      self.labeled_indices = pipeline.labeled_subset(
+          data.labels["train"], method.semi_supervised.labels_per_class, config.seed)
     example = _index_block(self._host_block(0, 1), 0)
     abstract = jax.eval_shape(method.init, self.init_key, example)
     self.state_sharding = jax.tree_util.tree_map(lambda _: self.replicated, abstract)
@@ -122,9 +130,22 @@ class _Trainer:
         pipeline.batch_indices(self.data.num_examples[split], batch_size, step, self.config.seed)
         for step in range(first_step, first_step + num_steps)])
     block = {"x": self.data.splits[split][indices]}
-    if self.data.labels[split] is not None:
+    semi = self.method.semi_supervised
+    if semi is not None:  # 4.4: labels only for a fixed subset, drawn in their own batches
+      block["x_labeled"], block["label_labeled"] = self._labeled_block(first_step, num_steps)
+    elif self.data.labels[split] is not None:
       block["label"] = self.data.labels[split][indices]
-    return {k: v.reshape((num_steps, batch_size) + v.shape[1:]) for k, v in block.items()}
+    return {k: v.reshape((num_steps, -1) + v.shape[1:]) for k, v in block.items()}
+
+  def _labeled_block(self, first_step, num_steps):
+    """Images and labels of the labeled batches of steps ``first_step ..``, concatenated."""
+    batch_size = self.method.semi_supervised.labeled_batch_size
+    subset = self.labeled_indices
+    positions = np.concatenate([
+        pipeline.batch_indices(len(subset), batch_size, step, self.config.seed)
+        for step in range(first_step, first_step + num_steps)])
+    indices = subset[positions]
+    return self.data.splits["train"][indices], self.data.labels["train"][indices]
 
   def _device_block(self, first_step):
     return jax.device_put(self._host_block(first_step, self.block_steps), self.block_sharding)

@@ -47,7 +47,8 @@ def final_params(workdir, step):
 
 
 @pytest.mark.parametrize("experiment,variant", [("vae", "smoke"), ("vae", "smoke,iwae"),
-                                                ("stein_vae", "smoke"), ("stein_vae", "smoke,viwae")])
+                                                ("stein_vae", "smoke"), ("stein_vae", "smoke,viwae"),
+                                                ("vae", "smoke,semi"), ("stein_vae", "smoke,semi")])
 def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
   workdir = str(tmp_path / "run")
   code, _, err = launch([f"--config=configs/mnist.py:{variant}", f"--workdir={workdir}"],
@@ -58,6 +59,9 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
               "nll_num_samples", "elbo_nats", "active_units"):
     assert key in results, key
   assert results["steps"] == 20 and results["method"] == experiment
+  if "semi" in variant:  # the test error of argmax_y p(y | z), over the whole test split
+    assert 0.0 <= results["classification_error"] <= 1.0
+    assert results["num_examples_evaluated"] == results["num_examples"]["test"]
   assert np.isfinite(results["nll_nats"]) and results["nll_nats"] > 0
   # The importance-sampled bound is at least as tight as the ELBO.
   assert -results["nll_nats"] >= results["elbo_nats"] - 1.0
