@@ -3,7 +3,8 @@
 ``load(name)`` returns a :class:`Dataset` with fixed 'train' / 'valid' / 'test'
 splits: MNIST with the 50K / 10K / 10K split of section 4.5.2, Fashion-MNIST the
 same way, CIFAR-10 (chapter 5), the small scikit-learn digits for quick runs, and
-the synthetic Gaussian-mixture and Poisson factor analysis toys of section 4.5.1.
+the synthetic Gaussian-mixture and Poisson factor analysis toys of section 4.5.1,
+and synthetic labelled 32x32 colour images for CIFAR-10 smoke runs.
 Images are float32 in [0, 1]; binarization and dequantization are transforms
 (``dgm_jax.data.transforms``), not part of loading. Every dataset records which
 source was actually read, so results can say what they were trained on.
@@ -36,6 +37,7 @@ _LOADERS = {
     "digits": ("dgm_jax.data.bundled", "load_digits"),
     "gmm": ("dgm_jax.data.synthetic", "load_gmm"),
     "pfa": ("dgm_jax.data.synthetic", "load_pfa"),
+    "synthetic_color32": ("dgm_jax.data.synthetic", "load_synthetic_color32"),
 }
 
 

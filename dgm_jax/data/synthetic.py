@@ -18,6 +18,12 @@ dissertation fits 20 Newsgroups with ``Phi`` fixed at an MCMC estimate; here the
 loadings are drawn, stored in ``extras``, and the data generated from them,
 with the 20 Newsgroups sizes (P = 2,000 words, V = 128 factors) as 'paper' and
 a 'toy' (P = 50, V = 5, overlapping loadings) for the posterior check.
+
+Colour images (``load_synthetic_color32``): labelled 32x32 RGB 8-bit images
+shaped like CIFAR-10 (chapter 5, section 5.3.3), so the CIFAR-10 configuration
+(``configs/cifar10.py:smoke``) runs anywhere: each class is a blocky random
+colour template, each image its class's template plus Gaussian noise, rounded
+to the 256 levels.
 """
 
 import jax
@@ -26,8 +32,8 @@ import numpy as np
 
 from dgm_jax.data.registry import SPLITS, DataError, Dataset
 
-__all__ = ["load_gmm", "load_pfa", "gmm_exact_posterior", "gmm_posterior_sample",
-           "GMM_SETTINGS", "PFA_SETTINGS"]
+__all__ = ["load_gmm", "load_pfa", "load_synthetic_color32", "gmm_exact_posterior",
+           "gmm_posterior_sample", "GMM_SETTINGS", "PFA_SETTINGS", "COLOR32_SETTINGS"]
 
 GMM_SETTINGS = {
     "paper": dict(theta=((2.0, -1.0), (1.0, -2.0)), sigma=0.1, mu=(5.0, 5.0),
@@ -44,6 +50,11 @@ PFA_SETTINGS = {
     # The 4.5.1 check (configs/pfa.py): overlapping loadings correlate the factor scores.
     "toy": dict(vocab_size=50, num_factors=5, num_train=5_000, num_valid=200,
                 num_test=20, concentration=1.0, factor_shape=2.0, factor_rate=0.1),
+}
+
+COLOR32_SETTINGS = {
+    "small": dict(num_train=1_000, num_valid=200, num_test=200, num_classes=10,
+                  template_cells=4, noise_std=0.1),
 }
 
 
@@ -146,6 +157,58 @@ def load_pfa(data_dir=None, *, seed=0, setting="paper", vocab_size=None, num_fac
                 **{k: params[k] for k in ("concentration", "factor_shape", "factor_rate")})
   return Dataset(name="pfa", splits=splits, labels=labels, kind="counts",
                  source=f"synthetic (pfa, setting={setting}, seed={seed})", extras=extras)
+
+
+def load_synthetic_color32(data_dir=None, *, seed=0, setting="small", num_train=None,
+                           num_valid=None, num_test=None, num_classes=None,
+                           template_cells=None, noise_std=None):
+  """Draws labelled 32x32x3 8-bit colour images, deterministic in ``seed``.
+
+  Args:
+    data_dir: ignored (the data is synthetic).
+    seed: the class templates come from ``default_rng([seed, 0])``, split i
+      from ``default_rng([seed, i + 1])``.
+    setting: 'small' (see ``COLOR32_SETTINGS``); the other arguments
+      override single entries of it.
+    num_train, num_valid, num_test: split sizes.
+    num_classes: number of classes (templates).
+    template_cells: a template is ``template_cells`` x ``template_cells``
+      uniform colours in [0.2, 0.8], each cell a square of 32 / cells pixels
+      (cells must divide 32).
+    noise_std: standard deviation of the per-pixel Gaussian noise.
+
+  Returns:
+    ``Dataset`` 'synthetic_color32': float32 ``[N, 32, 32, 3]`` on the levels
+    k / 255, int32 labels uniform over the classes, kind 'color8'; extras hold
+    the ``templates`` ``[num_classes, 32, 32, 3]``.
+
+  Raises:
+    DataError: unknown setting or invalid parameters.
+  """
+  del data_dir
+  params = _resolve("synthetic_color32", COLOR32_SETTINGS, setting, num_train=num_train,
+                    num_valid=num_valid, num_test=num_test, num_classes=num_classes,
+                    template_cells=template_cells, noise_std=noise_std)
+  size, cells = 32, params["template_cells"]
+  if not (params["num_classes"] >= 1 and cells >= 1 and size % cells == 0
+          and params["noise_std"] >= 0):
+    raise DataError(f"synthetic_color32 needs num_classes >= 1, template_cells dividing {size} "
+                    f"and noise_std >= 0; got {params['num_classes']}, {cells}, "
+                    f"{params['noise_std']}")
+  coarse = np.random.default_rng([seed, 0]).uniform(
+      0.2, 0.8, (params["num_classes"], cells, cells, 3))
+  templates = np.repeat(np.repeat(coarse, size // cells, axis=1), size // cells, axis=2)
+  splits, labels = {}, {}
+  for index, split in enumerate(SPLITS):
+    rng = np.random.default_rng([seed, index + 1])
+    count = params[f"num_{split}"]
+    labels[split] = rng.integers(0, params["num_classes"], count).astype(np.int32)
+    noisy = templates[labels[split]] + params["noise_std"] * rng.standard_normal(
+        (count, size, size, 3))
+    splits[split] = (np.round(np.clip(noisy, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+  return Dataset(name="synthetic_color32", splits=splits, labels=labels, kind="color8",
+                 source=f"synthetic (synthetic_color32, setting={setting}, seed={seed})",
+                 extras=dict(setting=setting, templates=templates.astype(np.float32)))
 
 
 def gmm_exact_posterior(x, theta, sigma, mu):

@@ -47,6 +47,11 @@ below what a smooth discriminator resolves. Evaluation uses the 8-bit values and
 the discretized logistic, so ``nll_nats`` is a bound on the discrete likelihood
 (bits/dim); ``rmse`` compares the logistic means with the images.
 
+Networks: the encoder's Gaussian base and the decoder are MLPs
+(``encoder_arch`` / ``decoder_arch`` = 'mlp', the default) or the strided
+convolution stages of Figs. 5.1-5.2 ('conv', ``nets.conv``; ``configs/cifar10.py``);
+both take and return flattened images, so nothing else changes.
+
 Planar flows are not invertible in closed form, but the decoder-pair term needs
 ``log q_phi(z|x)`` at a prior draw z; ``flows.planar_flow_stack_inverse`` inverts each
 layer by bisection on its scalar equation, and one Newton step at the root
@@ -75,12 +80,15 @@ from dgm_jax.eval import nll
 from dgm_jax.models.base import Method, make_optimizer
 from dgm_jax.models.vae import (check_likelihood, decoder_outputs, logistic_params,
                                 pixel_log_prob, pixel_mean)
+from dgm_jax.nets import conv
 from dgm_jax.nets.discriminators import TRUNKS, JointDiscriminator
 from dgm_jax.nets.mlp import MLP, GaussianMLP
 from dgm_jax.train.state import TrainState
 
 __all__ = [
     "make_method",
+    "encoder_net",
+    "decoder_net",
     "asvae_generator_loss",
     "relaxed_binarize",
     "relaxed_bernoulli",
@@ -176,13 +184,13 @@ def make_method(config, spec):
   temperature = section.relaxation_temperature
   eval_seed = config.eval.binarization_seed
 
-  encoder = GaussianMLP(tuple(section.encoder_hidden), latent_dim, section.activation)
-  decoder = MLP(tuple(section.decoder_hidden), decoder_outputs(likelihood, num_pixels),
-                section.activation)
+  encoder = encoder_net(section, spec)
+  decoder = decoder_net(section, spec, decoder_outputs(likelihood, num_pixels))
   discriminator = JointDiscriminator(
       trunk=section.disc_trunk, x_features=tuple(section.disc_x_features),
       z_hidden=tuple(section.disc_z_hidden), joint_hidden=tuple(section.disc_joint_hidden),
-      activation=section.disc_activation, image_shape=tuple(spec.shape))
+      activation=section.disc_activation, image_shape=tuple(spec.shape),
+      kernel_size=section.get("disc_kernel_size", 3))
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
   disc_section = ml_collections.ConfigDict(section.to_dict())
   disc_section.learning_rate = section.disc_learning_rate
@@ -383,6 +391,36 @@ def make_method(config, spec):
                 encoder_mean=encoder_mean if flow_length == 0 else None)
 
 
+def encoder_net(section, spec):
+  """The encoder's Gaussian base: x [..., P] -> (mean, log_var) [..., latent_dim].
+
+  ``section.encoder_arch``: 'mlp' (``encoder_hidden``) or 'conv'
+  (``nets.conv.ConvEncoder`` with ``encoder_conv_features``, ``conv_stage_depth``,
+  ``conv_first_kernel_size``).
+  """
+  if section.get("encoder_arch", "mlp") == "conv":
+    return conv.ConvEncoder(
+        image_shape=tuple(spec.shape), latent_dim=section.latent_dim,
+        stage_features=tuple(section.encoder_conv_features),
+        stage_depth=section.conv_stage_depth, first_kernel_size=section.conv_first_kernel_size,
+        activation=section.activation)
+  return GaussianMLP(tuple(section.encoder_hidden), section.latent_dim, section.activation)
+
+
+def decoder_net(section, spec, num_outputs):
+  """The decoder: z [..., D] -> [..., num_outputs] (``models.vae.decoder_outputs``).
+
+  ``section.decoder_arch``: 'mlp' (``decoder_hidden``) or 'conv'
+  (``nets.conv.ConvDecoder`` with ``decoder_conv_features``, ``conv_stage_depth``).
+  """
+  if section.get("decoder_arch", "mlp") == "conv":
+    return conv.ConvDecoder(
+        image_shape=tuple(spec.shape), outputs_per_pixel=num_outputs // int(np.prod(spec.shape)),
+        stage_features=tuple(section.decoder_conv_features),
+        stage_depth=section.conv_stage_depth, activation=section.activation)
+  return MLP(tuple(section.decoder_hidden), num_outputs, section.activation)
+
+
 def _check(section, spec, method_name):
   """Raises ValueError naming the first bad setting of ``config.<method_name>``."""
   if method_name == "asvae" and section.variant not in VARIANTS:
@@ -392,6 +430,18 @@ def _check(section, spec, method_name):
   if section.disc_trunk == "conv" and len(spec.shape) != 3:
     raise ValueError(f"disc_trunk='conv' needs images [H, W, C], the data are {spec.shape}; "
                      "use disc_trunk='mlp'")
+  for key in ("encoder_arch", "decoder_arch"):
+    if section.get(key, "mlp") not in conv.ARCHS:
+      raise ValueError(f"{key}={section[key]!r}; choose one of {conv.ARCHS}")
+  if section.get("encoder_arch", "mlp") == "conv" and len(spec.shape) != 3:
+    raise ValueError(f"encoder_arch='conv' needs images [H, W, C], the data are {spec.shape}; "
+                     "use encoder_arch='mlp'")
+  if section.get("decoder_arch", "mlp") == "conv":
+    try:
+      conv.decoder_start_shape(spec.shape, len(section.decoder_conv_features))
+    except ValueError as error:
+      raise ValueError(f"decoder_arch='conv', decoder_conv_features="
+                       f"{tuple(section.decoder_conv_features)}: {error}") from None
   likelihood = section.get("likelihood", "bernoulli")
   check_likelihood(likelihood, spec.kind)
   if likelihood == "bernoulli" and spec.kind not in ("grayscale8", "grayscale17"):

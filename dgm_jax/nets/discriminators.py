@@ -1,8 +1,9 @@
 """Joint discriminators f_psi(x, z) of ALI and the AS-VAE (section 5.3, Figs. 5.1-5.3).
 
 The figures give every discriminator one shape: a trunk on the image x (two
-strided 3x3 convolutions and global average pooling for MNIST), an MLP on the
-code z, the two feature vectors concatenated, and an MLP down to one logit.
+strided 3x3 convolutions and global average pooling for MNIST, Fig. 5.1; 5x5
+kernels for CIFAR-10, Fig. 5.2), an MLP on the code z, the two feature vectors
+concatenated, and an MLP down to one logit.
 ``JointDiscriminator`` builds that shape with either a convolutional or a
 fully connected trunk on x. The figures' batch normalization is left out: it
 would need running statistics in the train state and makes a logit depend on
@@ -34,6 +35,8 @@ class JointDiscriminator(nn.Module):
     activation: hidden activation name (see ``nets.mlp.ACTIVATIONS``).
     image_shape: ``(H, W, C)`` of one image; required by the ``'conv'`` trunk,
       which reshapes flattened inputs.
+    kernel_size: side of the ``'conv'`` trunk's square kernels (3 in Fig. 5.1,
+      5 in Fig. 5.2).
   """
 
   trunk: str = "mlp"
@@ -42,6 +45,7 @@ class JointDiscriminator(nn.Module):
   joint_hidden: Sequence[int] = (200,)
   activation: str = "leaky_relu"
   image_shape: Optional[Sequence[int]] = None
+  kernel_size: int = 3
 
   @nn.compact
   def __call__(self, x, z):
@@ -53,7 +57,8 @@ class JointDiscriminator(nn.Module):
         raise ValueError("the 'conv' trunk needs image_shape=(H, W, C)")
       h = x.reshape((-1,) + tuple(self.image_shape))
       for features in self.x_features:
-        h = act(nn.Conv(features, (3, 3), strides=(2, 2), padding="SAME")(h))
+        h = act(nn.Conv(features, (self.kernel_size,) * 2, strides=(2, 2),
+                        padding="SAME")(h))
       h = jnp.mean(h, axis=(1, 2)).reshape(batch_shape + (-1,))
     elif self.trunk == "mlp":
       h = x.reshape(batch_shape + (-1,))

@@ -6,6 +6,7 @@ value and what would fix it (DESIGN section 7).
 
 from dgm_jax.data import registry
 from dgm_jax.eval import classifier
+from dgm_jax.nets import conv
 from dgm_jax.train.guards import ConfigError
 
 __all__ = ["validate", "REQUIRED_KEYS"]
@@ -17,6 +18,10 @@ REQUIRED_KEYS = (
 )
 _POSITIVE_INTS = ("data.batch_size", "train.num_steps", "train.log_every", "train.eval_every",
                   "train.ckpt_every", "eval.num_importance_samples", "eval.batch_size")
+# Network keys of a method section (checked where the section has them, e.g. asvae / ali).
+_ARCH_KEYS = ("encoder_arch", "decoder_arch")
+_CONV_FEATURE_KEYS = ("encoder_conv_features", "decoder_conv_features")
+_KERNEL_SIZE_KEYS = ("conv_first_kernel_size", "disc_kernel_size")
 
 
 def validate(config, method_name):
@@ -28,6 +33,8 @@ def validate(config, method_name):
   if method_name not in config:
     problems.append(f"the config has no '{method_name}' section for this method "
                     f"(sections: {', '.join(k for k in config.keys())})")
+  elif hasattr(config[method_name], "get"):
+    problems.extend(_network_problems(config[method_name], method_name))
   for key in _POSITIVE_INTS:
     value = _lookup(config, key)
     if value is not _MISSING and (not isinstance(value, int) or value < 1):
@@ -44,6 +51,31 @@ def validate(config, method_name):
       problems.append(str(error))
   if problems:
     raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _network_problems(section, method_name):
+  """Bad values of the architecture keys (``nets.conv``) that ``section`` has."""
+  problems = []
+  for key in _ARCH_KEYS:
+    if key in section and section[key] not in conv.ARCHS:
+      problems.append(f"{method_name}.{key}={section[key]!r} is not a network architecture; "
+                      f"choose one of {', '.join(map(repr, conv.ARCHS))}")
+  for key in _CONV_FEATURE_KEYS:
+    value = section.get(key, (1,))
+    if not (isinstance(value, (tuple, list)) and value and all(_is_positive_int(v) for v in value)):
+      problems.append(f"{method_name}.{key}={value!r} must be a non-empty tuple of positive "
+                      "integers (channels per stride-2 stage)")
+  for key in _KERNEL_SIZE_KEYS:
+    if key in section and not _is_positive_int(section[key]):
+      problems.append(f"{method_name}.{key}={section[key]!r} must be a positive integer")
+  depth = section.get("conv_stage_depth", 0)
+  if not (isinstance(depth, int) and depth >= 0):
+    problems.append(f"{method_name}.conv_stage_depth={depth!r} must be an integer >= 0")
+  return problems
+
+
+def _is_positive_int(value):
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 _MISSING = object()

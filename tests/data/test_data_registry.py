@@ -22,7 +22,8 @@ def _tiny_dataset(**overrides):
 class TestLoad:
 
   def test_available_names(self):
-    assert data.available() == ["cifar10", "digits", "fashion_mnist", "gmm", "mnist", "pfa"]
+    assert data.available() == ["cifar10", "digits", "fashion_mnist", "gmm", "mnist", "pfa",
+                                "synthetic_color32"]
 
   def test_unknown_name_lists_available_names_on_one_line(self):
     with pytest.raises(data.DataError) as info:

@@ -132,3 +132,36 @@ class TestLoadPfa:
     standardized = (x - rate).sum(1) / np.sqrt(rate.sum(1))
     assert abs(standardized.mean()) < 5 / np.sqrt(len(x)) and abs(standardized.var() - 1) < 0.1
     np.testing.assert_allclose(z.mean(), extras["factor_shape"] / extras["factor_rate"], rtol=0.05)
+
+
+class TestLoadSyntheticColor32:
+
+  def test_labelled_8bit_colour_images_around_their_class_template(self):
+    dataset = data.load("synthetic_color32")
+    assert dataset.shape == (32, 32, 3) and dataset.kind == "color8"
+    assert dataset.num_examples == {"train": 1000, "valid": 200, "test": 200}
+    x, labels = dataset.splits["train"], dataset.labels["train"]
+    np.testing.assert_array_equal(x * 255, np.round(x * 255))  # on the 256 levels
+    assert set(np.unique(labels)) == set(range(10))
+    residual = x.astype(np.float64) - dataset.extras["templates"][labels]
+    assert abs(residual.mean()) < 0.01 and residual.std() == pytest.approx(0.1, rel=0.05)
+    # 4 x 4 cells of 8 x 8 pixels, one colour each
+    template = dataset.extras["templates"][0]
+    np.testing.assert_array_equal(template[:8, :8], np.broadcast_to(template[0, 0], (8, 8, 3)))
+
+  def test_seed_determines_the_data(self):
+    a, b = data.load("synthetic_color32", seed=3), data.load("synthetic_color32", seed=3)
+    c = data.load("synthetic_color32", seed=4, num_train=10)
+    np.testing.assert_array_equal(a.splits["test"], b.splits["test"])
+    np.testing.assert_array_equal(a.labels["test"], b.labels["test"])
+    assert not np.array_equal(a.splits["test"], c.splits["test"])
+    assert c.num_examples["train"] == 10
+
+  @pytest.mark.parametrize("options,match", [
+      (dict(template_cells=5), "template_cells dividing 32"),
+      (dict(num_test=0), "num_test must be a positive integer"),
+      (dict(setting="large"), "unknown synthetic_color32 setting"),
+  ])
+  def test_bad_options(self, options, match):
+    with pytest.raises(data.DataError, match=match):
+      data.load("synthetic_color32", **options)

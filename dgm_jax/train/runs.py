@@ -1,0 +1,109 @@
+"""Runs read back from their workdirs, for figures across runs such as Fig. 5.6 (section 5.3.3).
+
+``load_run`` rebuilds what ``train.loop.run`` built from a workdir's
+``config.json`` (the data set, the method) and restores its train state from
+the newest orbax checkpoint through ``checkpoint.Checkpointer`` into the
+replicated abstract state of ``jax.eval_shape(method.init)``, as a resumed run
+does. A finished run's newest checkpoint is its final state.
+"""
+
+import json
+import os
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+
+from dgm_jax import models
+from dgm_jax.data import registry
+from dgm_jax.models.base import DataSpec
+from dgm_jax.train import checkpoint, parallel
+from dgm_jax.train.guards import ConfigError
+
+__all__ = ["Run", "load_run", "read_config", "load_data", "abstract_state"]
+
+
+class Run(NamedTuple):
+  """A run restored from its workdir.
+
+  Attributes:
+    workdir: the folder it was read from.
+    config: its resolved config (``config.json``).
+    method: the ``Method`` bundle rebuilt from the config and the data's spec.
+    state: the ``TrainState`` of the newest checkpoint.
+  """
+
+  workdir: str
+  config: Any
+  method: Any
+  state: Any
+
+
+def read_config(workdir):
+  """The ``ConfigDict`` a run wrote to ``<workdir>/config.json``.
+
+  Raises:
+    ConfigError: the folder holds no ``config.json``.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ConfigError(f"{workdir} holds no config.json: not the workdir of a run")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_data(config):
+  """The ``Dataset`` a run with ``config`` trained on (``registry.load`` as the loop calls it)."""
+  return registry.load(config.data.name, config.data.data_dir or None, seed=config.seed,
+                       **dict(config.data.get("options", {})))
+
+
+def load_run(workdir, data=None, step=None):
+  """Restores the run in ``workdir``.
+
+  Args:
+    workdir: a run's output folder (``config.json`` and ``checkpoints/``).
+    data: its ``Dataset``, when already loaded (e.g. shared by several runs
+      of one data set); ``load_data(config)`` otherwise.
+    step: the checkpoint to restore; the newest when None.
+
+  Returns:
+    A ``Run``.
+
+  Raises:
+    ConfigError: no config.json or no checkpoint, or a config the method
+      rejects for this data.
+  """
+  config = read_config(workdir)
+  data = load_data(config) if data is None else data
+  labels = data.labels["train"]
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
+                  num_classes=None if labels is None else int(labels.max()) + 1)
+  try:
+    method = models.get_method(config.method)(config, spec)
+  except ValueError as error:
+    raise ConfigError(f"{workdir}, section '{config.method}': {error}") from None
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise ConfigError(f"{workdir} holds no checkpoints/; finish or resume the run first")
+  checkpointer = checkpoint.Checkpointer(workdir)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise ConfigError(f"{workdir}/checkpoints holds no checkpoint; finish or resume the run "
+                        "first")
+    state = checkpointer.restore(abstract_state(method, config, data), step)
+  finally:
+    checkpointer.close()
+  return Run(workdir=workdir, config=config, method=method, state=state)
+
+
+def abstract_state(method, config, data):
+  """Shapes, dtypes and replicated shardings of ``method.init`` on a training batch."""
+  batch_size = config.data.batch_size
+  example = {"x": data.splits["train"][:batch_size]}
+  if data.labels["train"] is not None:
+    example["label"] = data.labels["train"][:batch_size]
+  abstract = jax.eval_shape(method.init, jax.random.PRNGKey(config.seed), example)
+  replicated = parallel.replicated_sharding(parallel.make_mesh())
+  return jax.tree_util.tree_map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract)
