@@ -53,6 +53,9 @@ def vae_section(**overrides):
       # Semi-supervised (4.4): a label decoder softmax(theta~ z); each step adds
       # labeled_batch_size pairs from a class-balanced subset of labels_per_class per class.
       semi_supervised=False, labels_per_class=100, labeled_batch_size=50,
+      # 'mlp' (hidden_sizes) or 'conv' (the all-convolutional nets of 4.5.3, nets.conv)
+      encoder_arch="mlp", decoder_arch="mlp", encoder_conv_features=(32, 64),
+      decoder_conv_features=(64, 32),
   ))
   section.update(overrides)
   return section
@@ -85,6 +88,10 @@ def stein_vae_section(**overrides):
       # Semi-supervised (4.4): a label decoder softmax(theta~ z); each step adds
       # labeled_batch_size pairs from a class-balanced subset of labels_per_class per class.
       semi_supervised=False, labels_per_class=100, labeled_batch_size=50,
+      # 'mlp' (encoder_hidden / decoder_hidden) or 'conv': f_eta(x, xi) as 5x5 stride-2
+      # convolutions on [x, noise map] (nets.recognition.NoiseConvEncoder), nets.conv decoder
+      encoder_arch="mlp", decoder_arch="mlp", encoder_conv_features=(32, 64),
+      decoder_conv_features=(64, 32),
   ))
   section.update(overrides)
   return section

@@ -9,6 +9,8 @@ Arguments after the colon, comma-separated:
            the FNN of Kingma et al. (2014), two layers of 600 softplus units and z of 50,
            100 labels per class (``--config.stein_vae.labels_per_class=10`` for the
            10-label column), 100 epochs
+  cnn      with ``semi``: the all-convolutional nets instead (32 and 64 5x5 kernels of stride 2,
+           leaky ReLU; the decoder mirrors them with transposed convolutions)
 
   python -m experiments.vae --config=configs/mnist.py:iwae --config.vae.num_samples=50
 """
@@ -19,7 +21,7 @@ STEPS_PER_EPOCH = 500  # 50,000 training images, batch 100
 
 
 def get_config(arg=None):
-  args = common.parse_args(arg, {"smoke", "paper", "iwae", "viwae", "semi"})
+  args = common.parse_args(arg, {"smoke", "paper", "iwae", "viwae", "semi", "cnn"})
   config = common.base_config("mnist", batch_size=100)
   # 700 epochs: the VAE's test NLL reaches 88 nats in 32 minutes on 2 CPU cores (README). A Stein
   # VAE or AS-VAE epoch costs several times a VAE epoch: set --config.train.num_steps to taste.
@@ -38,6 +40,11 @@ def get_config(arg=None):
     config.vae.update(hidden_sizes=(600, 600), **semi)
     config.stein_vae.update(encoder_hidden=(600, 600), decoder_hidden=(600, 600), **semi)
     config.train.update(num_steps=100 * STEPS_PER_EPOCH, eval_every=10 * STEPS_PER_EPOCH)
+  if "cnn" in args:
+    if "semi" not in args:
+      raise ValueError("the config argument 'cnn' goes with 'semi' (the nets of 4.5.3)")
+    for section in (config.vae, config.stein_vae):
+      section.update(encoder_arch="conv", decoder_arch="conv", activation="leaky_relu")
   if "paper" in args:
     config.train.num_steps = 3280 * STEPS_PER_EPOCH
     config.train.eval_every = 100 * STEPS_PER_EPOCH
@@ -50,4 +57,7 @@ def get_config(arg=None):
     if "semi" in args:
       config.vae.update(hidden_sizes=(32,), labels_per_class=5, labeled_batch_size=8)
       config.stein_vae.update(labels_per_class=5, labeled_batch_size=8)
+    if "cnn" in args:
+      for section in (config.vae, config.stein_vae):
+        section.update(encoder_conv_features=(4, 8), decoder_conv_features=(8, 4))
   return config

@@ -37,8 +37,9 @@ from dgm_jax.data import transforms
 from dgm_jax.eval import nll
 from dgm_jax.models import semi_supervised
 from dgm_jax.models.base import Method, make_optimizer
+from dgm_jax.nets.conv import ConvDecoder
 from dgm_jax.nets.mlp import MLP
-from dgm_jax.nets.recognition import NoiseMLPEncoder
+from dgm_jax.nets.recognition import NoiseConvEncoder, NoiseMLPEncoder
 from dgm_jax.train.state import TrainState
 
 __all__ = [
@@ -141,9 +142,8 @@ def make_method(config, spec):
   if section.encoder_steps < 1:
     raise ValueError(f"encoder_steps={section.encoder_steps} must be at least 1")
   semi = semi_supervised.settings_from(section, spec)
-  encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), latent_dim, section.activation)
+  encoder, decoder = make_nets(section, spec)
   label_decoder = semi_supervised.LabelDecoder(semi.num_classes) if semi else None
-  decoder = MLP(tuple(section.decoder_hidden), num_pixels, section.activation)
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
   encoder_opt = make_optimizer(section, config.train.num_steps * section.encoder_steps,
                                steps_per_epoch * section.encoder_steps)
@@ -357,6 +357,28 @@ def make_method(config, spec):
   return Method(name=name, init=init, train_step=train_step, eval_step=eval_step,
                 log_likelihood=log_likelihood, sample=sample, reconstruct=reconstruct,
                 encoder_mean=encoder_mean, semi_supervised=semi)
+
+
+def make_nets(section, spec):
+  """f_eta(x, xi) and the decoder's logits: MLPs, or the all-convolutional nets of 4.5.3.
+
+  ``encoder_arch='conv'``: ``NoiseConvEncoder`` (5x5 stride-2 convolutions with
+  ``encoder_conv_features`` channels on the image stacked with a noise map);
+  ``decoder_arch='conv'``: ``nets.conv.ConvDecoder``, a dense layer to a feature map
+  and stride-2 transposed convolutions with ``decoder_conv_features`` channels.
+  """
+  latent_dim, act = section.latent_dim, section.activation
+  if section.get("encoder_arch", "mlp") == "conv":
+    encoder = NoiseConvEncoder(tuple(spec.shape), latent_dim,
+                               tuple(section.encoder_conv_features), act)
+  else:
+    encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), latent_dim, act)
+  if section.get("decoder_arch", "mlp") == "conv":
+    decoder = ConvDecoder(tuple(spec.shape), 1, tuple(section.decoder_conv_features),
+                          stage_depth=0, activation=act)
+  else:
+    decoder = MLP(tuple(section.decoder_hidden), int(np.prod(spec.shape)), act)
+  return encoder, decoder
 
 
 def adam_step(optimizer, params, opt_state, grads):

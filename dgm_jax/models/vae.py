@@ -41,6 +41,7 @@ from dgm_jax.data import registry, transforms
 from dgm_jax.eval import nll
 from dgm_jax.models import semi_supervised
 from dgm_jax.models.base import Method, make_optimizer
+from dgm_jax.nets.conv import ConvDecoder, ConvEncoder
 from dgm_jax.nets.mlp import MLP, GaussianMLP
 from dgm_jax.train.state import TrainState
 
@@ -65,9 +66,7 @@ def make_method(config, spec):
   num_pixels = int(np.prod(spec.shape))
   semi = semi_supervised.settings_from(section, spec)
   label_decoder = semi_supervised.LabelDecoder(semi.num_classes) if semi else None
-  encoder = GaussianMLP(tuple(section.hidden_sizes), section.latent_dim, section.activation)
-  decoder = MLP(tuple(reversed(section.hidden_sizes)), decoder_outputs(likelihood, num_pixels),
-                section.activation)
+  encoder, decoder = make_nets(section, spec, likelihood)
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
   optimizer = make_optimizer(section, config.train.num_steps, steps_per_epoch)
   eval_seed = config.eval.binarization_seed
@@ -180,6 +179,26 @@ def make_method(config, spec):
   return Method(name=section.objective, init=init, train_step=train_step, eval_step=eval_step,
                 log_likelihood=log_likelihood, sample=sample, reconstruct=reconstruct,
                 encoder_mean=encoder_mean, semi_supervised=semi)
+
+
+def make_nets(section, spec, likelihood):
+  """q(z|x) and the decoder: MLPs, or with ``encoder_arch`` / ``decoder_arch = 'conv'`` the
+  all-convolutional nets of 4.5.3 (``nets.conv``: stride-2 stages of ``encoder_conv_features``
+  channels, a 5x5 first kernel, and transposed ones of ``decoder_conv_features``)."""
+  latent_dim, act = section.latent_dim, section.activation
+  num_pixels = int(np.prod(spec.shape))
+  if section.get("encoder_arch", "mlp") == "conv":
+    encoder = ConvEncoder(tuple(spec.shape), latent_dim, tuple(section.encoder_conv_features),
+                          stage_depth=0, first_kernel_size=5, activation=act)
+  else:
+    encoder = GaussianMLP(tuple(section.hidden_sizes), latent_dim, act)
+  outputs = decoder_outputs(likelihood, num_pixels)
+  if section.get("decoder_arch", "mlp") == "conv":
+    decoder = ConvDecoder(tuple(spec.shape), outputs // num_pixels,
+                          tuple(section.decoder_conv_features), stage_depth=0, activation=act)
+  else:
+    decoder = MLP(tuple(reversed(section.hidden_sizes)), outputs, act)
+  return encoder, decoder
 
 
 def check_likelihood(likelihood, kind):

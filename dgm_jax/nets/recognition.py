@@ -1,7 +1,8 @@
 """The Stein recognition model f_eta(x, xi) of section 4.2.2.
 
 Noise ``xi ~ N(0, I)`` enters with the data: concatenated to the flattened
-image for MLPs. The first layer of ``[x, xi]`` is computed as ``W_x x + W_xi xi``
+image for MLPs; for CNNs (the semi-supervised nets of 4.5.3) mapped linearly to an
+image-sized map and stacked with the image as a second channel. The first layer of ``[x, xi]`` is computed as ``W_x x + W_xi xi``
 (the same map), so the image part is computed once per example and shared by
 its M particles. With ``dim xi == dim z`` the map ``xi -> z`` is square, so the
 encoder density follows by the change of variables
@@ -11,9 +12,11 @@ encoder density follows by the change of variables
 from typing import Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
+
 from dgm_jax.nets.mlp import MLP, activation_by_name
 
-__all__ = ["NoiseMLPEncoder"]
+__all__ = ["NoiseMLPEncoder", "NoiseConvEncoder"]
 
 
 class NoiseMLPEncoder(nn.Module):
@@ -37,3 +40,41 @@ class NoiseMLPEncoder(nn.Module):
     hidden = act(nn.Dense(first, name="input_x")(x)
                  + nn.Dense(first, use_bias=False, name="input_xi")(xi))
     return MLP(tuple(rest), self.latent_dim, self.activation, name="trunk")(hidden)
+
+
+class NoiseConvEncoder(nn.Module):
+  """z = f_eta(x, xi): strided convolutions on ``[x, W xi]`` stacked as channels (4.5.3).
+
+  The all-convolutional encoder of the semi-supervised experiments: 5x5 kernels
+  with stride 2 (32 and 64 of them), leaky ReLU, then a dense layer to z. xi
+  keeps ``dim xi == dim z`` (so the change of variables still applies) and is
+  spatially aligned with the image by a learned linear map to one H x W channel.
+
+  Attributes:
+    image_shape: ``(H, W, C)``.
+    latent_dim: dimension of z (and of xi).
+    features: channels of the strided convolutions.
+    activation: hidden activation name.
+  """
+
+  image_shape: Sequence[int]
+  latent_dim: int
+  features: Sequence[int] = (32, 64)
+  activation: str = "leaky_relu"
+
+  @nn.compact
+  def __call__(self, x, xi):
+    """x: [..., H*W*C], xi: [..., latent_dim] (broadcast together) -> z: [..., latent_dim]."""
+    act = activation_by_name(self.activation)
+    height, width, channels = self.image_shape
+    batch_shape = jnp.broadcast_shapes(x.shape[:-1], xi.shape[:-1])
+    noise_map = nn.Dense(height * width, use_bias=False, name="input_xi")(xi)
+    images = jnp.broadcast_to(x, batch_shape + x.shape[-1:]).reshape(
+        (-1, height, width, channels))
+    noise_map = jnp.broadcast_to(noise_map, batch_shape + noise_map.shape[-1:]).reshape(
+        (-1, height, width, 1))
+    h = jnp.concatenate([images, noise_map], axis=-1)
+    for features in self.features:
+      h = act(nn.Conv(features, (5, 5), strides=(2, 2), padding="SAME")(h))
+    z = nn.Dense(self.latent_dim, name="output")(h.reshape(h.shape[0], -1))
+    return z.reshape(batch_shape + (self.latent_dim,))

@@ -171,3 +171,22 @@ def test_labels_teach_the_classifier(module):
             for b in pipeline.eval_batches(data, "test", 100)]
   error = float(np.mean(np.concatenate(errors)))
   assert error < 0.45, error
+
+
+def test_noise_conv_encoder_stacks_noise_with_the_image_and_stays_square():
+  from dgm_jax.nets.recognition import NoiseConvEncoder
+  encoder = NoiseConvEncoder((8, 8, 1), latent_dim=3, features=(4, 8))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(size=(5, 1, 64)), jnp.float32)
+  xi = jnp.asarray(rng.normal(size=(1, 4, 3)), jnp.float32)
+  params = encoder.init(jax.random.PRNGKey(0), x, xi)
+  z = encoder.apply(params, x, xi)
+  assert z.shape == (5, 4, 3)
+  # Each (example, particle) pair is the encoder of that image and that noise alone.
+  np.testing.assert_allclose(z[2, 3], encoder.apply(params, x[2, 0], xi[0, 3]), rtol=1e-5, atol=1e-6)
+  assert float(jnp.min(jnp.abs(z[:, 0] - z[:, 1]))) > 0  # the noise moves the codes
+  assert float(jnp.min(jnp.abs(z[0] - z[1]))) > 0        # and so does the image
+  # xi -> z is square with a non-singular Jacobian, so the change of variables applies.
+  _, log_q = stein_vae.change_of_variables_log_q(lambda e: encoder.apply(params, x[0, 0], e),
+                                                 xi[0, 0])
+  assert np.isfinite(float(log_q))

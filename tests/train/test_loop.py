@@ -48,7 +48,8 @@ def final_params(workdir, step):
 
 @pytest.mark.parametrize("experiment,variant", [("vae", "smoke"), ("vae", "smoke,iwae"),
                                                 ("stein_vae", "smoke"), ("stein_vae", "smoke,viwae"),
-                                                ("vae", "smoke,semi"), ("stein_vae", "smoke,semi")])
+                                                ("vae", "smoke,semi"), ("stein_vae", "smoke,semi"),
+                                                ("vae", "smoke,semi,cnn")])
 def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
   workdir = str(tmp_path / "run")
   code, _, err = launch([f"--config=configs/mnist.py:{variant}", f"--workdir={workdir}"],
