@@ -399,11 +399,7 @@ def encoder_net(section, spec):
   ``conv_first_kernel_size``).
   """
   if section.get("encoder_arch", "mlp") == "conv":
-    return conv.ConvEncoder(
-        image_shape=tuple(spec.shape), latent_dim=section.latent_dim,
-        stage_features=tuple(section.encoder_conv_features),
-        stage_depth=section.conv_stage_depth, first_kernel_size=section.conv_first_kernel_size,
-        activation=section.activation)
+    return conv.encoder_from_section(section, spec.shape)
   return GaussianMLP(tuple(section.encoder_hidden), section.latent_dim, section.activation)
 
 
@@ -414,10 +410,7 @@ def decoder_net(section, spec, num_outputs):
   (``nets.conv.ConvDecoder`` with ``decoder_conv_features``, ``conv_stage_depth``).
   """
   if section.get("decoder_arch", "mlp") == "conv":
-    return conv.ConvDecoder(
-        image_shape=tuple(spec.shape), outputs_per_pixel=num_outputs // int(np.prod(spec.shape)),
-        stage_features=tuple(section.decoder_conv_features),
-        stage_depth=section.conv_stage_depth, activation=section.activation)
+    return conv.decoder_from_section(section, spec.shape, num_outputs // int(np.prod(spec.shape)))
   return MLP(tuple(section.decoder_hidden), num_outputs, section.activation)
 
 

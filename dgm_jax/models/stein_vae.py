@@ -37,7 +37,7 @@ from dgm_jax.data import transforms
 from dgm_jax.eval import nll
 from dgm_jax.models import semi_supervised
 from dgm_jax.models.base import Method, make_optimizer
-from dgm_jax.nets.conv import ConvDecoder
+from dgm_jax.nets import conv
 from dgm_jax.nets.mlp import MLP
 from dgm_jax.nets.recognition import NoiseConvEncoder, NoiseMLPEncoder
 from dgm_jax.train.state import TrainState
@@ -374,8 +374,7 @@ def make_nets(section, spec):
   else:
     encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), latent_dim, act)
   if section.get("decoder_arch", "mlp") == "conv":
-    decoder = ConvDecoder(tuple(spec.shape), 1, tuple(section.decoder_conv_features),
-                          stage_depth=0, activation=act)
+    decoder = conv.decoder_from_section(section, spec.shape, 1)
   else:
     decoder = MLP(tuple(section.decoder_hidden), int(np.prod(spec.shape)), act)
   return encoder, decoder

@@ -41,7 +41,7 @@ from dgm_jax.data import registry, transforms
 from dgm_jax.eval import nll
 from dgm_jax.models import semi_supervised
 from dgm_jax.models.base import Method, make_optimizer
-from dgm_jax.nets.conv import ConvDecoder, ConvEncoder
+from dgm_jax.nets import conv
 from dgm_jax.nets.mlp import MLP, GaussianMLP
 from dgm_jax.train.state import TrainState
 
@@ -183,19 +183,18 @@ def make_method(config, spec):
 
 def make_nets(section, spec, likelihood):
   """q(z|x) and the decoder: MLPs, or with ``encoder_arch`` / ``decoder_arch = 'conv'`` the
-  all-convolutional nets of 4.5.3 (``nets.conv``: stride-2 stages of ``encoder_conv_features``
-  channels, a 5x5 first kernel, and transposed ones of ``decoder_conv_features``)."""
+  convolutional nets of ``nets.conv`` (stride-2 stages of ``encoder_conv_features`` channels and
+  transposed ones of ``decoder_conv_features``: 4.5.3's nets, or Fig. 5.2's with
+  ``conv_stage_depth=2`` as in ``configs/cifar10.py``)."""
   latent_dim, act = section.latent_dim, section.activation
   num_pixels = int(np.prod(spec.shape))
   if section.get("encoder_arch", "mlp") == "conv":
-    encoder = ConvEncoder(tuple(spec.shape), latent_dim, tuple(section.encoder_conv_features),
-                          stage_depth=0, first_kernel_size=5, activation=act)
+    encoder = conv.encoder_from_section(section, spec.shape)
   else:
     encoder = GaussianMLP(tuple(section.hidden_sizes), latent_dim, act)
   outputs = decoder_outputs(likelihood, num_pixels)
   if section.get("decoder_arch", "mlp") == "conv":
-    decoder = ConvDecoder(tuple(spec.shape), outputs // num_pixels,
-                          tuple(section.decoder_conv_features), stage_depth=0, activation=act)
+    decoder = conv.decoder_from_section(section, spec.shape, outputs // num_pixels)
   else:
     decoder = MLP(tuple(reversed(section.hidden_sizes)), outputs, act)
   return encoder, decoder

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 
 from dgm_jax.nets.mlp import activation_by_name
 
-__all__ = ["ConvEncoder", "ConvDecoder", "ARCHS", "decoder_start_shape"]
+__all__ = ["ConvEncoder", "ConvDecoder", "ARCHS", "decoder_start_shape", "encoder_from_section",
+           "decoder_from_section"]
 
 ARCHS = ("mlp", "conv")
 
@@ -115,3 +116,23 @@ class ConvDecoder(nn.Module):
     out = nn.Conv(self.outputs_per_pixel * channels, (3, 3), padding="SAME")(h)
     out = out.reshape(-1, height, width, self.outputs_per_pixel, channels)
     return jnp.moveaxis(out, 3, 1).reshape(batch_shape + (-1,))
+
+
+def encoder_from_section(section, image_shape):
+  """``ConvEncoder`` from a method section's keys: ``latent_dim``, ``activation``,
+  ``encoder_conv_features``, ``conv_stage_depth`` (default 0) and
+  ``conv_first_kernel_size`` (default 5)."""
+  return ConvEncoder(
+      image_shape=tuple(image_shape), latent_dim=section.latent_dim,
+      stage_features=tuple(section.encoder_conv_features),
+      stage_depth=section.get("conv_stage_depth", 0),
+      first_kernel_size=section.get("conv_first_kernel_size", 5), activation=section.activation)
+
+
+def decoder_from_section(section, image_shape, outputs_per_pixel):
+  """``ConvDecoder`` from a method section's keys: ``activation``,
+  ``decoder_conv_features`` and ``conv_stage_depth`` (default 0)."""
+  return ConvDecoder(
+      image_shape=tuple(image_shape), outputs_per_pixel=outputs_per_pixel,
+      stage_features=tuple(section.decoder_conv_features),
+      stage_depth=section.get("conv_stage_depth", 0), activation=section.activation)

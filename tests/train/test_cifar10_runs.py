@@ -83,7 +83,12 @@ def ali_run(tmp_path_factory, cache_dir):
   return finished_run(tmp_path_factory, cache_dir, "ali")
 
 
-@pytest.mark.parametrize("experiment", ["asvae", "ali"])
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory, cache_dir):
+  return finished_run(tmp_path_factory, cache_dir, "vae")
+
+
+@pytest.mark.parametrize("experiment", ["asvae", "ali", "vae"])
 def test_smoke_run_reports_bits_per_dim_and_scores(request, experiment):
   workdir = request.getfixturevalue(f"{experiment}_run")
   results = json.load(open(workdir / "results.json"))
@@ -97,7 +102,7 @@ def test_smoke_run_reports_bits_per_dim_and_scores(request, experiment):
   assert 0 < results["rmse"] < 1 and results["classifier_score"] >= 1
   config = json.load(open(workdir / "config.json"))[experiment]
   assert (config["encoder_arch"], config["decoder_arch"]) == ("conv", "conv")
-  assert config["likelihood"] == "discretized_logistic" and config["flow_length"] == 0
+  assert config["likelihood"] == "discretized_logistic" and config.get("flow_length", 0) == 0
   recon = Image.open(workdir / "samples" / "reconstructions_00000020.png")
   assert recon.mode == "RGB" and recon.size == (8 * 33 + 1, 8 * 33 + 1)  # 64 images of 32x32
 
