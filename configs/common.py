@@ -126,6 +126,9 @@ def asvae_section(method="asvae", smoke=False, paper=False, **overrides):
     section.non_saturating = True
   else:
     section.variant = "full"
+    # f_psi1 = log q_phi(z|x) - log p(z) + a learned residual (models.asvae docstring):
+    # an estimator of the KL that the discriminator alone misses; not in the dissertation.
+    section.explicit_contrast = False
   if smoke:
     section.update(latent_dim=8, encoder_hidden=(32,), decoder_hidden=(32,),
                    encoder_conv_features=(4, 8), decoder_conv_features=(8, 4),

@@ -44,7 +44,8 @@ def get_config(arg=None):
     if "semi" not in args:
       raise ValueError("the config argument 'cnn' goes with 'semi' (the nets of 4.5.3)")
     for section in (config.vae, config.stein_vae):
-      section.update(encoder_arch="conv", decoder_arch="conv", activation="leaky_relu")
+      section.update(encoder_arch="conv", decoder_arch="conv", activation="leaky_relu",
+                     conv_first_kernel_size=5, conv_kernel_size=5)
   if "paper" in args:
     config.train.num_steps = 3280 * STEPS_PER_EPOCH
     config.train.eval_every = 100 * STEPS_PER_EPOCH

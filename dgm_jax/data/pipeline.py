@@ -15,7 +15,9 @@ import numpy as np
 
 from dgm_jax.data.registry import DataError
 
-__all__ = ["batch_indices", "get_batch", "eval_batches", "labeled_subset"]
+__all__ = ["batch_indices", "get_batch", "eval_batches", "labeled_subset", "labeled_seed"]
+
+_LABELED_SALT = 0x5E3D  # keeps the labeled streams apart from the epochs' permutations
 
 
 def batch_indices(num_examples, batch_size, step, seed):
@@ -88,9 +90,9 @@ def eval_batches(dataset, split, batch_size):
 def labeled_subset(labels, per_class, seed):
   """Indices of a class-balanced labeled subset, for semi-supervised runs (4.5.3).
 
-  ``per_class`` examples of every class, drawn without replacement by
-  ``np.random.default_rng([seed, 1])`` (the seed picks one of the random splits
-  the dissertation averages over), returned sorted.
+  ``per_class`` examples of every class, drawn without replacement by a generator
+  of its own (``default_rng([seed, _LABELED_SALT])``; the seed picks one of the
+  random splits the dissertation averages over), returned sorted.
 
   Args:
     labels: int ``[N]`` labels of the training split.
@@ -103,7 +105,7 @@ def labeled_subset(labels, per_class, seed):
   Raises:
     DataError: a class has fewer than ``per_class`` examples.
   """
-  rng = np.random.default_rng([seed, 1])
+  rng = np.random.default_rng([seed, _LABELED_SALT])
   classes, counts = np.unique(labels, return_counts=True)
   if per_class < 1 or counts.min() < per_class:
     raise DataError(f"labels_per_class={per_class} must be at least 1 and at most the size of "
@@ -111,6 +113,12 @@ def labeled_subset(labels, per_class, seed):
                     f"{int(classes[counts.argmin()])})")
   chosen = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes]
   return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def labeled_seed(seed):
+  """The data seed of the labeled batches (``batch_indices`` over the labeled subset),
+  derived from the run's seed so that their order is not the unlabeled batches' order."""
+  return int(np.random.SeedSequence([seed, _LABELED_SALT]).generate_state(1)[0])
 
 
 @functools.lru_cache(maxsize=4)

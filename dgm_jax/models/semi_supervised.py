@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from dgm_jax import likelihoods
 
 __all__ = ["Settings", "settings_from", "label_weight", "LabelDecoder", "merged_batch",
-           "label_log_prob", "classification_error"]
+           "label_log_prob", "prediction_errors"]
 
 
 class Settings(NamedTuple):
@@ -107,7 +107,7 @@ def label_log_prob(logits_fn, z, labels, weights):
   return weights[expand] * log_p
 
 
-def classification_error(logits, labels):
+def prediction_errors(logits, labels):
   """Per-example 0/1 error of ``argmax_y mean_j softmax(logits_j)``.
 
   Args:

@@ -20,7 +20,7 @@ One train step, as in section 4.2:
 Semi-supervised (4.4, ``semi_supervised=True``): each step also takes B_l labeled
 pairs; their codes move with the scores of (4.54), which add ``zeta log p(y | z,
 theta~)`` with ``p(y | z) = softmax(theta~ z)``, theta~ follows the gradient of
-(4.51) and the test split reports ``classification_error`` of ``argmax_y
+(4.51) and the test split reports ``error_rate`` of ``argmax_y
 E_q[p(y | z)]`` (``models.semi_supervised``).
 
 Evaluation (4.5.2) reports the ELBO, with the entropy from the change of
@@ -142,6 +142,7 @@ def make_method(config, spec):
   if section.encoder_steps < 1:
     raise ValueError(f"encoder_steps={section.encoder_steps} must be at least 1")
   semi = semi_supervised.settings_from(section, spec)
+  conv.check_section(section, spec.shape)
   encoder, decoder = make_nets(section, spec)
   label_decoder = semi_supervised.LabelDecoder(semi.num_classes) if semi else None
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
@@ -264,8 +265,8 @@ def make_method(config, spec):
                                  section.bandwidth_convention)
     eta, enc_opt_state, fit_losses = fit_encoder(eta, state.opt_state["encoder"], x, xi, moved,
                                                  z, encoder_pullback)
-    updates, dec_opt_state = decoder_opt.update(decoder_grads, state.opt_state["decoder"], thetas)
-    thetas = optax.apply_updates(thetas, updates)
+    thetas, dec_opt_state = adam_step(decoder_opt, thetas, state.opt_state["decoder"],
+                                      decoder_grads)
     params = {"encoder": eta, "decoder": thetas}
     opt_state = {"encoder": enc_opt_state, "decoder": dec_opt_state}
     metrics = {
@@ -323,7 +324,7 @@ def make_method(config, spec):
     if semi:  # argmax_y of p(y | z) averaged over the codes of eval_elbo_samples xi
       xi = jax.random.normal(jax.random.fold_in(key, 1), (section.eval_elbo_samples, latent_dim))
       z = encode(params["encoder"], x[:, None, :], xi[None])
-      metrics["classification_error"] = semi_supervised.classification_error(
+      metrics["error_rate"] = semi_supervised.prediction_errors(
           label_decoder.apply(params["label_decoder"], z), batch["label"])
     return metrics
 
@@ -370,7 +371,8 @@ def make_nets(section, spec):
   latent_dim, act = section.latent_dim, section.activation
   if section.get("encoder_arch", "mlp") == "conv":
     encoder = NoiseConvEncoder(tuple(spec.shape), latent_dim,
-                               tuple(section.encoder_conv_features), act)
+                               tuple(section.encoder_conv_features), act,
+                               section.get("conv_kernel_size", 5))
   else:
     encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), latent_dim, act)
   if section.get("decoder_arch", "mlp") == "conv":

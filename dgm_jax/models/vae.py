@@ -26,7 +26,7 @@ Semi-supervised (``semi_supervised=True``, the VAE column of Table 4.3): the
 labeled pairs of each step add ``zeta log p(y | z)`` with ``p(y | z) =
 softmax(theta~ z)`` to the log-likelihood inside the bound (the same decoder and
 zeta as the Stein VAE's (4.54), ``models.semi_supervised``); the test split
-reports ``classification_error`` of ``argmax_y p(y | mu(x))``.
+reports ``error_rate`` of ``argmax_y p(y | mu(x))``.
 """
 
 import math
@@ -66,6 +66,7 @@ def make_method(config, spec):
   num_pixels = int(np.prod(spec.shape))
   semi = semi_supervised.settings_from(section, spec)
   label_decoder = semi_supervised.LabelDecoder(semi.num_classes) if semi else None
+  conv.check_section(section, spec.shape)
   encoder, decoder = make_nets(section, spec, likelihood)
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
   optimizer = make_optimizer(section, config.train.num_steps, steps_per_epoch)
@@ -152,7 +153,7 @@ def make_method(config, spec):
     metrics = {"elbo_nats": elbo_closed_form_kl(params, x, key)}
     if semi:  # argmax_y p(y | z) at the encoder mean
       mean, _ = encoder.apply(params["encoder"], x)
-      metrics["classification_error"] = semi_supervised.classification_error(
+      metrics["error_rate"] = semi_supervised.prediction_errors(
           label_decoder.apply(params["label_decoder"], mean[:, None]), batch["label"])
     return metrics
 
@@ -184,8 +185,8 @@ def make_method(config, spec):
 def make_nets(section, spec, likelihood):
   """q(z|x) and the decoder: MLPs, or with ``encoder_arch`` / ``decoder_arch = 'conv'`` the
   convolutional nets of ``nets.conv`` (stride-2 stages of ``encoder_conv_features`` channels and
-  transposed ones of ``decoder_conv_features``: 4.5.3's nets, or Fig. 5.2's with
-  ``conv_stage_depth=2`` as in ``configs/cifar10.py``)."""
+  transposed ones of ``decoder_conv_features``: 4.5.3's nets with 5x5 kernels under
+  ``configs/mnist.py:semi,cnn``, or Fig. 5.2's as in ``configs/cifar10.py``)."""
   latent_dim, act = section.latent_dim, section.activation
   num_pixels = int(np.prod(spec.shape))
   if section.get("encoder_arch", "mlp") == "conv":

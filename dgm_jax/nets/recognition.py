@@ -1,10 +1,11 @@
 """The Stein recognition model f_eta(x, xi) of section 4.2.2.
 
-Noise ``xi ~ N(0, I)`` enters with the data: concatenated to the flattened
-image for MLPs; for CNNs (the semi-supervised nets of 4.5.3) mapped linearly to an
-image-sized map and stacked with the image as a second channel. The first layer of ``[x, xi]`` is computed as ``W_x x + W_xi xi``
-(the same map), so the image part is computed once per example and shared by
-its M particles. With ``dim xi == dim z`` the map ``xi -> z`` is square, so the
+Noise ``xi ~ N(0, I)`` enters with the data. For MLPs it is concatenated to the
+flattened image, and the first layer of ``[x, xi]`` is computed as ``W_x x + W_xi xi``
+(the same map), so the image part is computed once per example and shared by its M
+particles. For CNNs (the semi-supervised nets of 4.5.3) it is mapped linearly to an
+image-sized map and stacked with the image as a second channel, so every particle
+runs the convolutions. With ``dim xi == dim z`` the map ``xi -> z`` is square, so the
 encoder density follows by the change of variables
 ``q(z | x) = q0(xi) |det d f / d xi|^-1`` (section 4.3).
 """
@@ -55,12 +56,14 @@ class NoiseConvEncoder(nn.Module):
     latent_dim: dimension of z (and of xi).
     features: channels of the strided convolutions.
     activation: hidden activation name.
+    kernel_size: their kernel size.
   """
 
   image_shape: Sequence[int]
   latent_dim: int
   features: Sequence[int] = (32, 64)
   activation: str = "leaky_relu"
+  kernel_size: int = 5
 
   @nn.compact
   def __call__(self, x, xi):
@@ -75,6 +78,6 @@ class NoiseConvEncoder(nn.Module):
         (-1, height, width, 1))
     h = jnp.concatenate([images, noise_map], axis=-1)
     for features in self.features:
-      h = act(nn.Conv(features, (5, 5), strides=(2, 2), padding="SAME")(h))
+      h = act(nn.Conv(features, (self.kernel_size,) * 2, strides=(2, 2), padding="SAME")(h))
     z = nn.Dense(self.latent_dim, name="output")(h.reshape(h.shape[0], -1))
     return z.reshape(batch_shape + (self.latent_dim,))

@@ -18,10 +18,10 @@ REQUIRED_KEYS = (
 )
 _POSITIVE_INTS = ("data.batch_size", "train.num_steps", "train.log_every", "train.eval_every",
                   "train.ckpt_every", "eval.num_importance_samples", "eval.batch_size")
-# Network keys of a method section (checked where the section has them, e.g. asvae / ali).
+# Network keys of a method section (checked where the section has them: asvae, ali, vae, stein_vae).
 _ARCH_KEYS = ("encoder_arch", "decoder_arch")
 _CONV_FEATURE_KEYS = ("encoder_conv_features", "decoder_conv_features")
-_KERNEL_SIZE_KEYS = ("conv_first_kernel_size", "disc_kernel_size")
+_KERNEL_SIZE_KEYS = ("conv_first_kernel_size", "conv_kernel_size", "disc_kernel_size")
 
 
 def validate(config, method_name):

