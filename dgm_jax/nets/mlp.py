@@ -5,7 +5,7 @@
 into the mean and log-variance of a diagonal Gaussian.
 """
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax

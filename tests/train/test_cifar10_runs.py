@@ -24,6 +24,7 @@ from PIL import Image
 from dgm_jax.data import registry
 from dgm_jax.eval import images
 from dgm_jax.train import runs
+from workdir_helpers import checkpoint_params, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "--config=configs/cifar10.py:smoke"
@@ -45,20 +46,6 @@ def finished_run(tmp_path_factory, cache_dir, experiment):
   proc = launch(f"experiments.{experiment}", [CONFIG, f"--workdir={workdir}"], cache_dir)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir
-
-
-def checkpoint_params(workdir, step):
-  import orbax.checkpoint as ocp
-  with ocp.StandardCheckpointer() as ckpt:
-    return ckpt.restore(os.path.join(workdir, "checkpoints", str(step), "default"))["params"]
-
-
-def metric_rows(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  for row in rows:
-    row.pop("steps_per_second", None)
-  return rows
 
 
 def assert_trees_equal(a, b):
@@ -119,8 +106,8 @@ def test_resumed_run_ends_like_the_uninterrupted_one(asvae_run, cache_dir, tmp_p
   assert "Resuming from the checkpoint at step 10" in second.stderr
   assert_trees_equal(checkpoint_params(asvae_run, 20), checkpoint_params(workdir, 20))
   # The first segment's own final test row at step 10 is the one extra line.
-  resumed_rows = [r for r in metric_rows(workdir) if (r["split"], r["step"]) != ("test", 10)]
-  assert metric_rows(asvae_run) == resumed_rows
+  resumed_rows = [r for r in read_metrics(workdir) if (r["split"], r["step"]) != ("test", 10)]
+  assert read_metrics(asvae_run) == resumed_rows
   straight, resumed = (json.load(open(w / "results.json")) for w in (asvae_run, workdir))
   assert set(straight) == set(resumed)
   for key in set(straight) - {"wall_s", "eval_wall_s"}:

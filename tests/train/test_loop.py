@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from workdir_helpers import checkpoint_params, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,21 +30,6 @@ def launch(args, env=None, wait=True, timeout=600, experiment="vae"):
     return proc
   out, err = proc.communicate(timeout=timeout)
   return proc.returncode, out, err
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  for row in rows:
-    row.pop("steps_per_second", None)
-  return rows
-
-
-def final_params(workdir, step):
-  import orbax.checkpoint as ocp
-  with ocp.StandardCheckpointer() as ckpt:
-    tree = ckpt.restore(os.path.join(workdir, "checkpoints", str(step), "default"))
-  return tree["params"]
 
 
 @pytest.mark.parametrize("experiment,variant", [("vae", "smoke"), ("vae", "smoke,iwae"),
@@ -106,7 +92,7 @@ def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path, experiment
   code, _, err = launch(args + [f"--workdir={resumed}"], experiment=experiment)
   assert code == 0, err[-3000:]
   assert "Resuming from the checkpoint" in err
-  a, b = final_params(straight, 600), final_params(resumed, 600)
+  a, b = checkpoint_params(straight, 600), checkpoint_params(resumed, 600)
   for x, y in zip(*(map(np.asarray, __import__("jax").tree_util.tree_leaves(t)) for t in (a, b))):
     np.testing.assert_array_equal(x, y)
   assert read_metrics(straight) == read_metrics(resumed)
