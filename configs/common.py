@@ -97,6 +97,22 @@ def stein_vae_section(**overrides):
   return section
 
 
+def matched_vae_section(stein_section):
+  """The Gaussian-VAE encoder of the posterior toys (4.5.1), matched to a Stein encoder.
+
+  The same network, input scaling and learning rate; as many codes per example as
+  particles (``num_samples`` follows ``num_particles``, also under overrides).
+  """
+  section = ml_collections.ConfigDict(dict(
+      hidden_sizes=stein_section.encoder_hidden, activation=stein_section.activation,
+      input_scale=stein_section.input_scale, num_samples=0,
+      learning_rate=stein_section.learning_rate, lr_schedule="geometric",
+      final_lr_fraction=stein_section.final_lr_fraction,
+      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8))
+  section.num_samples = stein_section.get_ref("num_particles")
+  return section
+
+
 def asvae_section(method="asvae", smoke=False, paper=False, **overrides):
   """Section 5.3 / Fig. 5.1 for the AS-VAE (``method='asvae'``) or ALI (``'ali'``) on MNIST.
 

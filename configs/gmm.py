@@ -42,13 +42,7 @@ def get_config(arg=None):
                             svgd_step_size=5e-3, bandwidth_convention="liu_wang")
   # Same budget: as many Adam updates (num_steps * encoder_steps), the same batches, as many
   # codes per example as particles, the same network and input scaling.
-  config.vae = ml_collections.ConfigDict(dict(
-      hidden_sizes=config.stein_vae.encoder_hidden, activation=config.stein_vae.activation,
-      input_scale=config.stein_vae.input_scale, num_samples=0,
-      learning_rate=config.stein_vae.learning_rate, lr_schedule="geometric",
-      final_lr_fraction=config.stein_vae.final_lr_fraction,
-      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8))
-  config.vae.num_samples = config.stein_vae.get_ref("num_particles")
+  config.vae = common.matched_vae_section(config.stein_vae)
   if "smoke" in args:
     config.train.update(num_steps=20, log_every=5, eval_every=20, ckpt_every=20)
     config.data.batch_size = 8

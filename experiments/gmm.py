@@ -10,17 +10,14 @@ with the exact posterior at the test points (results.json, samples/posterior.png
 
 import json
 import os
-import sys
 import time
 
 import jax
-import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from dgm_jax.data import registry
 from dgm_jax.models import posterior_toy as toy_lib
-from dgm_jax.train import launch, loop, writers
+from dgm_jax.train import launch, writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/gmm.py[:args].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: a new folder in ./runs).")
@@ -28,16 +25,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: a new f
 
 def main(argv):
   config = _CONFIG.value
-  if len(argv) > 1 or config is None or config.data.name != "gmm":
-    sys.exit("error: pass --config=configs/gmm.py[:bimodal|:smoke] (data.name 'gmm') and no "
-             f"other arguments; got {argv[1:]}")
-  workdir = _WORKDIR.value or loop.default_workdir("gmm_toy", "gmm")
-  os.makedirs(workdir, exist_ok=True)
-  try:
-    data = registry.load("gmm", seed=config.seed, **dict(config.data.options))
-  except registry.DataError as error:
-    sys.exit(f"error: DataError: {error}")
-  _write(os.path.join(workdir, "config.json"), config.to_dict())
+  workdir, data = launch.start_toy(config, argv, _WORKDIR.value, "gmm",
+                                   "--config=configs/gmm.py[:bimodal|:smoke]")
   toy, stein, vae = toy_lib.toy_from_dataset(data), config.stein_vae, config.vae
   train_key, vae_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   start, steps = time.perf_counter(), config.train.num_steps
@@ -68,13 +57,8 @@ def main(argv):
              "eval_wall_s": time.perf_counter() - start - train_time, "split": "test",
              "num_posterior_samples": num, "exact_mode_weights": exact_weights.tolist(),
              "mode_weights": {k: v.tolist() for k, v in weights.items()}, **report}
-  _write(os.path.join(workdir, "results.json"), results)
+  writers.write_json(os.path.join(workdir, "results.json"), results)
   print(json.dumps({k: results[k] for k in ("setting", "wall_s", "exact", "stein", "vae")}))
-
-
-def _write(path, obj):
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=lambda v: np.asarray(v).tolist())
 
 
 if __name__ == "__main__":

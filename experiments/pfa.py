@@ -8,17 +8,15 @@ reference posterior of every test document (results.json, samples/pfa_marginals.
 
 import json
 import os
-import sys
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from dgm_jax.data import registry
 from dgm_jax.models import pfa_toy, posterior_toy
-from dgm_jax.train import launch, loop, writers
+from dgm_jax.train import launch, writers
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: configs/pfa.py[:smoke].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: a new folder in ./runs).")
@@ -26,16 +24,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: a new f
 
 def main(argv):
   config = _CONFIG.value
-  if len(argv) > 1 or config is None or config.data.name != "pfa":
-    sys.exit("error: pass --config=configs/pfa.py[:smoke] (data.name 'pfa') and no other "
-             f"arguments; got {argv[1:]}")
-  workdir = _WORKDIR.value or loop.default_workdir("pfa_toy", "pfa")
-  os.makedirs(workdir, exist_ok=True)
-  try:
-    data = registry.load("pfa", seed=config.seed, **dict(config.data.options))
-  except registry.DataError as error:
-    sys.exit(f"error: DataError: {error}")
-  _write(os.path.join(workdir, "config.json"), config.to_dict())
+  workdir, data = launch.start_toy(config, argv, _WORKDIR.value, "pfa",
+                                   "--config=configs/pfa.py[:smoke]")
   toy, stein, vae = pfa_toy.toy_from_dataset(data), config.stein_vae, config.vae
   keys = jax.random.split(jax.random.PRNGKey(config.seed), 5)
   start, steps, batch = time.perf_counter(), config.train.num_steps, config.data.batch_size
@@ -67,13 +57,8 @@ def main(argv):
              "vae_steps": vae_steps, "wall_s": train_time, "gibbs_wall_s": gibbs_time,
              "eval_wall_s": time.perf_counter() - start - train_time, "split": "test",
              "num_posterior_samples": num, "num_gibbs_draws": reference.shape[1], **report}
-  _write(os.path.join(workdir, "results.json"), results)
+  writers.write_json(os.path.join(workdir, "results.json"), results)
   print(json.dumps({k: results[k] for k in ("wall_s", "gibbs_wall_s", "gibbs", "stein", "vae")}))
-
-
-def _write(path, obj):
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=lambda v: np.asarray(v).tolist())
 
 
 if __name__ == "__main__":

@@ -5,16 +5,18 @@ not split, a non-finite loss) end the process with one line on stderr and
 exit status 1 instead of a traceback.
 """
 
+import os
 import sys
 
 from absl import app, logging
 
+from dgm_jax.data import registry
 from dgm_jax.data.registry import DataError
-from dgm_jax.train import loop
+from dgm_jax.train import loop, writers
 from dgm_jax.train.guards import ConfigError, NonFiniteLossError
 from dgm_jax.train.parallel import BatchSplitError
 
-__all__ = ["run_app", "run_main", "main", "KNOWN_ERRORS"]
+__all__ = ["run_app", "run_main", "main", "start_toy", "KNOWN_ERRORS"]
 
 KNOWN_ERRORS = (ConfigError, DataError, BatchSplitError, NonFiniteLossError)
 
@@ -55,6 +57,32 @@ def run_main(main_fn):
     _fail(f"could not apply the config overrides {overrides}: {type(error).__name__}: {error}. "
           "An override must name an existing key of the config file (see configs/) "
           "with a value of the key's type.")
+
+
+def start_toy(config, argv, workdir, dataset, usage):
+  """The posterior toys' start: checks the arguments, makes the workdir, loads the data.
+
+  Args:
+    config: the ``--config`` value.
+    argv: absl's leftover arguments (only the program name is allowed).
+    workdir: the ``--workdir`` value, or None for a new folder under ./runs.
+    dataset: 'gmm' or 'pfa'; ``config.data.name`` must be it.
+    usage: the ``--config=...`` form to show in the error line.
+
+  Returns:
+    (workdir, data), with ``config.json`` written there. A bad argument or data
+    set ends the process with one ``error:`` line.
+  """
+  if len(argv) > 1 or config is None or config.data.name != dataset:
+    _fail(f"pass {usage} (data.name {dataset!r}) and no other arguments; got {argv[1:]}")
+  workdir = workdir or loop.default_workdir(f"{dataset}_toy", dataset)
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    data = registry.load(dataset, seed=config.seed, **dict(config.data.options))
+  except DataError as error:
+    _fail(f"DataError: {error}")
+  writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  return workdir, data
 
 
 def main(method_name, config, workdir):

@@ -9,12 +9,10 @@ uninterrupted run ends. The state is replicated and the batch split over a
 before any checkpoint of a bad state is written.
 """
 
-import json
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -66,7 +64,7 @@ def run(config, workdir=None, method_name=None):
                                         method.semi_supervised.labels_per_class, config.seed)
   except ValueError as error:  # includes DataError
     raise guards.ConfigError(f"section '{method_name}': {error}") from None
-  _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   trainer = _Trainer(config, method, data, mesh, workdir, labeled)
   return trainer.train_and_evaluate(method_name)
@@ -264,7 +262,7 @@ class _Trainer:
         "split": "test",
         **metrics,
     }
-    _write_json(os.path.join(self.workdir, "results.json"), results)
+    writers.write_json(os.path.join(self.workdir, "results.json"), results)
     self.writer.close()
     self.checkpointer.close()
     logging.info("Results in %s: %s", os.path.join(self.workdir, "results.json"), results)
@@ -338,18 +336,3 @@ class _Trainer:
 def _index_block(block, index):
   """Batch ``index`` of a ``[num_steps, B, ...]`` block (works on numpy and traced arrays)."""
   return jax.tree_util.tree_map(lambda a: a[index], block)
-
-
-def _write_json(path, obj):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-  os.replace(tmp, path)
-
-
-def _json_default(value):
-  if isinstance(value, (np.generic, jnp.ndarray)):
-    return np.asarray(value).tolist()
-  if isinstance(value, tuple):
-    return list(value)
-  return str(value)

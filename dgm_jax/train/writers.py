@@ -8,9 +8,10 @@ import json
 import os
 import time
 
+import numpy as np
 from absl import logging
 
-__all__ = ["MetricWriter", "ProgressLine"]
+__all__ = ["MetricWriter", "ProgressLine", "write_json"]
 
 
 class MetricWriter:
@@ -80,6 +81,20 @@ class ProgressLine:
     logging.info("step %d/%d  %.1f steps/s  ETA %s  %s", step, self._num_steps, rate,
                  _format_seconds(eta_s), shown)
     return rate
+
+
+def write_json(path, obj):
+  """Writes ``obj`` as indented JSON, atomically; numpy / jax arrays and scalars become lists."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+  os.replace(tmp, path)
+
+
+def _json_default(value):
+  if isinstance(value, np.generic) or hasattr(value, "__array__"):
+    return np.asarray(value).tolist()
+  return str(value)
 
 
 def _format_seconds(seconds):
