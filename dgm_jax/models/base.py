@@ -40,6 +40,9 @@ class Method(NamedTuple):
     sample: ``(params, key, num) -> [num, *shape]`` images in [0, 1].
     reconstruct: ``(params, batch, key) -> [B, *shape]`` in [0, 1].
     encoder_mean: ``(params, batch) -> [B, D]`` E_q[z | x], or None.
+    laplace_log_likelihood: ``(params, batch, key, num_samples) -> [B]`` log p(x)
+      importance sampled from a Laplace approximation of p(z | x) instead of the
+      encoder (``eval.nll.laplace_log_likelihood``), or None.
     semi_supervised: ``models.semi_supervised.Settings`` when the train step also
       takes ``x_labeled`` / ``label_labeled`` from a fixed labeled subset (4.4), else None.
   """
@@ -52,6 +55,7 @@ class Method(NamedTuple):
   sample: Callable
   reconstruct: Callable
   encoder_mean: Optional[Callable] = None
+  laplace_log_likelihood: Optional[Callable] = None
   semi_supervised: Optional[NamedTuple] = None
 
 

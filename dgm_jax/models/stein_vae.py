@@ -334,6 +334,13 @@ def make_method(config, spec):
     return nll.importance_log_likelihood(lambda k, n: log_weights(params, x, k, n), key,
                                          num_samples, chunk)
 
+  def laplace_log_likelihood(params, batch, key, num_samples):
+    x = eval_x(batch)
+    z_init = encoder_mean(params, batch)
+    return nll.batched_laplace_log_likelihood(
+        lambda x_n, z: log_joint(params["decoder"], x_n, z), x, z_init, key, num_samples,
+        config.eval.max_chunk)
+
   def decode_mean(thetas, z):
     if num_decoders == 1:
       return jax.nn.sigmoid(decoder.apply(thetas, z))
@@ -357,7 +364,8 @@ def make_method(config, spec):
   name = "stein_viwae" if section.importance_weighted else "stein_vae"
   return Method(name=name, init=init, train_step=train_step, eval_step=eval_step,
                 log_likelihood=log_likelihood, sample=sample, reconstruct=reconstruct,
-                encoder_mean=encoder_mean, semi_supervised=semi)
+                encoder_mean=encoder_mean, laplace_log_likelihood=laplace_log_likelihood,
+                semi_supervised=semi)
 
 
 def make_nets(section, spec):

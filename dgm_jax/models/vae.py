@@ -163,6 +163,15 @@ def make_method(config, spec):
     return nll.importance_log_likelihood(
         lambda k, n: log_weights(params, x, k, n), key, num_samples, chunk)
 
+  def laplace_log_likelihood(params, batch, key, num_samples):
+    x = eval_x(batch)
+    def log_joint(x_n, z):
+      return (pixel_log_prob(x_n, decoder.apply(params["decoder"], z), likelihood)
+              + likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1))
+    z_init = encoder.apply(params["encoder"], x)[0]
+    return nll.batched_laplace_log_likelihood(log_joint, x, z_init, key, num_samples,
+                                              config.eval.max_chunk)
+
   def sample(params, key, num):
     z = jax.random.normal(key, (num, section.latent_dim))
     probs = pixel_mean(decoder.apply(params["decoder"], z), likelihood)
@@ -179,7 +188,8 @@ def make_method(config, spec):
 
   return Method(name=section.objective, init=init, train_step=train_step, eval_step=eval_step,
                 log_likelihood=log_likelihood, sample=sample, reconstruct=reconstruct,
-                encoder_mean=encoder_mean, semi_supervised=semi)
+                encoder_mean=encoder_mean, laplace_log_likelihood=laplace_log_likelihood,
+                semi_supervised=semi)
 
 
 def make_nets(section, spec, likelihood):

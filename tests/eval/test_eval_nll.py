@@ -59,3 +59,60 @@ def test_dequantized_density_bound_is_below_the_discrete_log_prob():
   np.testing.assert_allclose(
       vae.pixel_log_prob(dequantized, outputs, "discretized_logistic", continuous=True).mean(),
       continuous.sum(), rtol=1e-9)
+
+
+def _linear_gaussian_log_joint(x, weights, bias, noise_std):
+  """log N(z; 0, I) + log N(x; W z + b, s^2 I) for z [..., D]."""
+  def log_joint(z):
+    mean = z @ weights.T + bias
+    return (likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1)
+            + likelihoods.gaussian_log_prob(x, mean, 2 * jnp.log(noise_std)).sum(-1))
+  return log_joint
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_laplace_is_exact_on_a_linear_gaussian_model(seed):
+  """Gaussian posterior: the proposal is the posterior, every weight is p(x) (scipy's marginal)."""
+  rng = np.random.default_rng(seed)
+  weights, bias = rng.normal(size=(5, 3)) * 2.0, rng.normal(size=5)
+  noise_std, x = 0.3, rng.normal(size=5) * 3.0
+  expected = stats.multivariate_normal.logpdf(
+      x, bias, weights @ weights.T + noise_std**2 * np.eye(5))
+  log_joint = _linear_gaussian_log_joint(jnp.asarray(x), jnp.asarray(weights), jnp.asarray(bias),
+                                         noise_std)
+  z_far = jnp.full((3,), 25.0)  # Newton from far away: a quadratic is solved in one step
+  got = nll.laplace_log_likelihood(log_joint, z_far, jax.random.PRNGKey(seed), 8, 4)
+  assert float(got) == pytest.approx(expected, abs=1e-6)
+  mode, precisions, axes = nll.laplace_proposal(log_joint, z_far)
+  posterior_precision = np.eye(3) + weights.T @ weights / noise_std**2
+  np.testing.assert_allclose(axes @ np.diag(precisions) @ axes.T, posterior_precision, rtol=1e-8)
+  np.testing.assert_allclose(
+      mode, np.linalg.solve(posterior_precision, weights.T @ (x - bias) / noise_std**2),
+      rtol=1e-8, atol=1e-10)
+
+
+def test_laplace_matches_quadrature_on_a_bernoulli_decoder():
+  """A skewed one-dimensional posterior: the estimate against the integral on a grid."""
+  x = jnp.asarray([1.0, 1.0, 0.0, 1.0])
+  slopes, offsets = jnp.asarray([3.0, 1.5, -2.0, 0.7]), jnp.asarray([0.5, -1.0, 0.3, 2.0])
+
+  def log_joint(z):
+    logits = z[..., :1] * slopes + offsets
+    return (likelihoods.bernoulli_log_prob(x, logits).sum(-1)
+            + likelihoods.gaussian_log_prob(z[..., 0], 0.0, 0.0))
+
+  grid = np.linspace(-12.0, 12.0, 200_001)
+  values = np.asarray(log_joint(jnp.asarray(grid)[:, None]))
+  exact = np.log(np.trapezoid(np.exp(values - values.max()), grid)) + values.max()
+  got = nll.laplace_log_likelihood(log_joint, jnp.zeros(1), jax.random.PRNGKey(0), 20_000, 2_000)
+  assert float(got) == pytest.approx(exact, abs=0.01)
+
+
+def test_laplace_keeps_the_start_where_newton_would_go_downhill():
+  """A flat, non-concave log joint: floored precisions and the accept test keep it finite."""
+  def log_joint(z):
+    return jnp.sum(jnp.cos(z), axis=-1)  # saddle-rich, bounded
+  z_init = jnp.asarray([0.1, 3.0])  # near a maximum in dim 0, a minimum in dim 1
+  mode, precisions, _ = nll.laplace_proposal(log_joint, z_init)
+  assert float(log_joint(mode)) >= float(log_joint(z_init))
+  assert np.all(np.asarray(precisions) >= 1e-2) and np.all(np.isfinite(np.asarray(mode)))

@@ -62,6 +62,16 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
   samples = os.listdir(os.path.join(workdir, "samples"))
   assert any(s.startswith("samples_") and s.endswith(".png") for s in samples)
   assert os.listdir(os.path.join(workdir, "tensorboard"))
+  if variant == "smoke":  # the finished run under both proposals (experiments.decoder_nll)
+    code, out, err = launch([f"--workdir={workdir}", "--num_examples=12", "--num_samples=16"],
+                            experiment="decoder_nll")
+    assert code == 0, err[-3000:]
+    written = json.load(open(os.path.join(workdir, "decoder_nll.json")))
+    assert json.loads(out.strip().splitlines()[-1]) == written
+    assert written["num_examples_evaluated"] == 12 and written["steps"] == 20
+    assert written["method"] == results["variant"]
+    for key in ("nll_nats", "nll_laplace_nats"):
+      assert np.isfinite(written[key]) and written[key] > 0, written
 
 
 RESUME_ARGS = ["--config.train.num_steps=600",
@@ -110,6 +120,11 @@ def assert_one_line_error(code, err, *needles):
   for needle in needles:
     assert needle in lines[0], lines[0]
   return lines[0]
+
+
+def test_decoder_nll_of_a_workdir_without_a_run_is_one_error_line(tmp_path):
+  code, _, err = launch([f"--workdir={tmp_path / 'missing'}"], experiment="decoder_nll")
+  assert_one_line_error(code, err, "config.json")
 
 
 def test_unknown_config_key(tmp_path):
