@@ -7,7 +7,10 @@ For ``k = exp(-|x - y|^2 / h)`` the repulsive term is
 ``2/h sum_m k(x_m, x_n) (x_n - x_m)``, so the whole direction is two matrix
 products (no O(M^2) autodiff). ``weighted_svgd_direction`` is the
 importance-weighted direction of the Stein VIWAE (4.39), (4.42) with
-self-normalized weights (4.40), (4.43). Particles carry a leading axis [M, ...];
+self-normalized weights (4.40), (4.43). ``repulsion_scale`` (alpha, 1 in the
+dissertation) multiplies the repulsive term; ``dgm_jax.models.stein_vae``
+explains when alpha = (M + d) / M undoes the variance collapse of few particles
+in d dimensions. Particles carry a leading axis [M, ...];
 all functions are vmappable over further leading batch axes, and
 ``tree_svgd_direction`` handles pytree particles (decoder parameters theta).
 """
@@ -26,7 +29,7 @@ __all__ = [
 
 
 def svgd_direction(particles, scores, bandwidth=None,
-                   convention="liu_wang"):
+                   convention="liu_wang", repulsion_scale=1.0):
   """SVGD direction (4.11)/(4.12) in closed form for the RBF kernel.
 
   Args:
@@ -34,6 +37,7 @@ def svgd_direction(particles, scores, bandwidth=None,
     scores: [M, D] grad_x log p(x_m) at each particle.
     bandwidth: kernel bandwidth h; None uses the median heuristic.
     convention: median convention when ``bandwidth`` is None.
+    repulsion_scale: alpha multiplying the repulsive term (1: (4.10)).
 
   Returns:
     [M, D] direction phi(x_n). With M = 1 it is the score itself.
@@ -41,11 +45,11 @@ def svgd_direction(particles, scores, bandwidth=None,
   num_particles = particles.shape[0]
   log_weights = jnp.zeros((num_particles,), particles.dtype)
   return weighted_svgd_direction(particles, scores, log_weights, bandwidth,
-                                 convention)
+                                 convention, repulsion_scale)
 
 
 def weighted_svgd_direction(particles, scores, log_weights, bandwidth=None,
-                            convention="liu_wang"):
+                            convention="liu_wang", repulsion_scale=1.0):
   """Importance-weighted SVGD direction (4.39)/(4.42).
 
   ``phi(x_n) = sum_m w_m [k(x_m, x_n) s_m + grad_{x_m} k(x_m, x_n)]`` with
@@ -57,6 +61,7 @@ def weighted_svgd_direction(particles, scores, log_weights, bandwidth=None,
     log_weights: [M] unnormalized log importance weights (gradients stopped).
     bandwidth: kernel bandwidth h; None uses the median heuristic.
     convention: median convention when ``bandwidth`` is None.
+    repulsion_scale: alpha multiplying the repulsive term (1: (4.39)).
 
   Returns:
     [M, D] direction.
@@ -69,7 +74,7 @@ def weighted_svgd_direction(particles, scores, log_weights, bandwidth=None,
   driving = weighted_gram @ scores
   repulsive = (jnp.sum(weighted_gram, axis=1, keepdims=True) * particles
                - weighted_gram @ particles) * (2.0 / bandwidth)
-  return driving + repulsive
+  return driving + repulsion_scale * repulsive
 
 
 def tree_svgd_direction(particles, scores, bandwidth=None,

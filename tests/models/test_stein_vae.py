@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from configs import mnist
-from dgm_jax import bounds, likelihoods
+from dgm_jax import bounds, kernels, likelihoods
 from dgm_jax.data import pipeline, registry, transforms
 from dgm_jax.models import stein_vae, vae
 from dgm_jax.models.base import DataSpec, make_optimizer
@@ -109,14 +109,15 @@ def test_elbo_below_importance_sampled_bound():
   assert float(np.mean(log_px)) > float(np.mean(elbo))
 
 
-@pytest.mark.parametrize("encoder_steps,grad_particles", [(1, 0), (2, 0), (1, 2), (3, 3)])
-def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles):
+@pytest.mark.parametrize("encoder_steps,grad_particles,alpha",
+                         [(1, 0, 1.0), (2, 0, 1.0), (1, 2, 1.0), (3, 3, 1.0), (1, 0, 6.0)])
+def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha):
   """The optimized step (encoder pullback reused, decoder gradient from a particle
   subset) against a plain composition of the algorithm's steps 1-5."""
   config = mnist.get_config("smoke")
   section = config.stein_vae
   section.update(num_particles=4, encoder_steps=encoder_steps, decoder_grad_particles=grad_particles,
-                 svgd_step_size=0.05, learning_rate=1e-2)
+                 svgd_step_size=0.05, learning_rate=1e-2, repulsion_scale=alpha)
   data = registry.load("digits")
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
   method = stein_vae.make_method(config, spec)
@@ -140,7 +141,14 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
 
   z = encoder.apply(eta, x[:, None], xi[None])
   scores = jax.grad(lambda c: jnp.sum(log_joint(theta, c)))(z)
-  moved, _ = stein_vae.svgd_move(z, scores, section.svgd_step_size)
+  # SVGD (4.12) per example, the repulsive term scaled by alpha, written out.
+  def direction(particles, particle_scores):
+    bandwidth = kernels.median_bandwidth(particles, section.bandwidth_convention)
+    gram = jnp.exp(-jnp.sum((particles[:, None] - particles[None]) ** 2, -1) / bandwidth)
+    repulsive = (2.0 / bandwidth) * jnp.sum(gram[..., None] * (particles[:, None] - particles[None]),
+                                            axis=1)
+    return (gram @ particle_scores + alpha * repulsive) / particles.shape[0]
+  moved = z + section.svgd_step_size * jax.vmap(direction)(z, scores)
   steps_per_epoch = spec.num_train // config.data.batch_size
   enc_opt = make_optimizer(section, config.train.num_steps * encoder_steps,
                            steps_per_epoch * encoder_steps)
