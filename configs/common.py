@@ -81,8 +81,8 @@ def stein_vae_section(**overrides):
       latent_dim=50, encoder_hidden=(200, 200), decoder_hidden=(200, 200), activation="tanh",
       num_particles=10, importance_weighted=False, decoder_samples=1, prior_std=1.0,
       svgd_step_size=1e-3, bandwidth_convention="liu_wang", encoder_steps=1,
-      # alpha on SVGD's repulsive term: 1 is the dissertation's; (M + d) / M undoes the
-      # encoder's shrinkage with few particles (models.stein_vae docstring)
+      # alpha on SVGD's repulsive term: 1 is the dissertation's; above 1 widens the encoder
+      # that few particles shrink (models.stein_vae docstring; README: 6 for M = 10, d = 50)
       repulsion_scale=1.0,
       decoder_grad_particles=0,  # particles per example in the gradient of (4.1); 0: all M
       eval_elbo_samples=10,

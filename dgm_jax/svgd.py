@@ -9,8 +9,8 @@ products (no O(M^2) autodiff). ``weighted_svgd_direction`` is the
 importance-weighted direction of the Stein VIWAE (4.39), (4.42) with
 self-normalized weights (4.40), (4.43). ``repulsion_scale`` (alpha, 1 in the
 dissertation) multiplies the repulsive term; ``dgm_jax.models.stein_vae``
-explains when alpha = (M + d) / M undoes the variance collapse of few particles
-in d dimensions. Particles carry a leading axis [M, ...];
+explains why alpha > 1 helps an encoder that follows few particles in many
+dimensions. Particles carry a leading axis [M, ...];
 all functions are vmappable over further leading batch axes, and
 ``tree_svgd_direction`` handles pytree particles (decoder parameters theta).
 """

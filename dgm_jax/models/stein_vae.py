@@ -32,8 +32,8 @@ settles where the fit's gradient from the SVGD move of M of its own samples
 averages to zero. With M much smaller than d the move's repulsive term is weak
 (the variance collapse of SVGD in high dimensions), and the fit also absorbs the
 pull of each set's mean towards the posterior mean, which a shared encoder can
-only reduce by narrowing: for ``z = sigma xi`` that part of the gradient on sigma
-is ``-sigma |sum_j xi_j|^2 / M``, of mean ``-sigma d``. So the encoder settles
+only reduce by narrowing: for ``z = sigma xi`` and a wide kernel that part of the
+gradient on sigma is ``-sigma |sum_j xi_j|^2 / M``, of mean ``-sigma d``. So the encoder settles
 narrower than the posterior. ``tests/test_svgd.py`` measures the fixed point on
 a Gaussian posterior N(0, I) with d = 50, M = 10 and the median bandwidth:
 sigma^2 = 0.06 with alpha = 1, 0.37 with alpha = 6. The decoder, trained on the
@@ -161,7 +161,7 @@ def make_method(config, spec):
   repulsion_scale = section.get("repulsion_scale", 1.0)
   if not repulsion_scale > 0:
     raise ValueError(f"repulsion_scale={repulsion_scale!r} must be > 0 (1: the dissertation's "
-                     "SVGD; (M + d) / M: corrected for few particles)")
+                     "SVGD; above 1 widens an encoder that follows few particles)")
   semi = semi_supervised.settings_from(section, spec)
   conv.check_section(section, spec.shape)
   encoder, decoder = make_nets(section, spec)
