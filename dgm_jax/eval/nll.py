@@ -76,7 +76,8 @@ def laplace_proposal(log_joint, z_init, num_newton_steps=8, min_precision=1e-2):
   only where it raises ``log_joint``, so the iterate never gets worse.
 
   Args:
-    log_joint: ``z [D] -> scalar`` log p(x, z) of one example.
+    log_joint: ``z [n, D] -> [n]`` log p(x, z) of one example at n codes (called
+      with n = 1 here, so a decoder that needs a batch axis works as it is).
     z_init: [D] start, e.g. the encoder's code of x.
     num_newton_steps: a static int.
     min_precision: floor of the precision's eigenvalues.
@@ -85,15 +86,18 @@ def laplace_proposal(log_joint, z_init, num_newton_steps=8, min_precision=1e-2):
     ``(mode [D], precisions [D], axes [D, D])``: the proposal is
     ``N(mode, axes diag(1 / precisions) axes^T)``.
   """
+  def single(z):
+    return log_joint(z[None])[0]
+
   def precision_at(z):
-    hessian = jax.hessian(log_joint)(z)
+    hessian = jax.hessian(single)(z)
     values, axes = jnp.linalg.eigh(-0.5 * (hessian + hessian.T))
     return jnp.maximum(values, min_precision), axes
 
   def newton(z, _):
     precisions, axes = precision_at(z)
-    candidate = z + axes @ ((axes.T @ jax.grad(log_joint)(z)) / precisions)
-    better = log_joint(candidate) > log_joint(z)  # False for a NaN candidate too
+    candidate = z + axes @ ((axes.T @ jax.grad(single)(z)) / precisions)
+    better = single(candidate) > single(z)  # False for a NaN candidate too
     return jnp.where(better, candidate, z), None
 
   mode, _ = jax.lax.scan(newton, z_init, None, length=num_newton_steps)
@@ -104,8 +108,7 @@ def laplace_log_likelihood(log_joint, z_init, key, num_samples, chunk_size, **pr
   """log p(x) of one example, importance sampled from ``laplace_proposal``.
 
   Args:
-    log_joint: ``z [..., D] -> [...]`` log p(x, z) of one example (batched over
-      leading axes of z).
+    log_joint: ``z [n, D] -> [n]`` log p(x, z) of one example at n codes.
     z_init: [D] start of the mode search.
     key: PRNG key.
     num_samples: K, a multiple of ``chunk_size``.
@@ -132,7 +135,7 @@ def batched_laplace_log_likelihood(log_joint, x, z_init, key, num_samples, max_c
   """``laplace_log_likelihood`` for each example of a batch.
 
   Args:
-    log_joint: ``(x_n [P], z [..., D]) -> [...]`` log p(x_n, z) under the model.
+    log_joint: ``(x_n [P], z [n, D]) -> [n]`` log p(x_n, z) under the model.
     x: [B, P] the examples.
     z_init: [B, D] starts of the mode searches (e.g. the encoder's codes).
     key: PRNG key.

@@ -110,9 +110,10 @@ def test_laplace_matches_quadrature_on_a_bernoulli_decoder():
 
 def test_laplace_keeps_the_start_where_newton_would_go_downhill():
   """A flat, non-concave log joint: floored precisions and the accept test keep it finite."""
-  def log_joint(z):
+  def log_joint(z):  # [n, 2] -> [n]
+    assert z.ndim == 2
     return jnp.sum(jnp.cos(z), axis=-1)  # saddle-rich, bounded
   z_init = jnp.asarray([0.1, 3.0])  # near a maximum in dim 0, a minimum in dim 1
   mode, precisions, _ = nll.laplace_proposal(log_joint, z_init)
-  assert float(log_joint(mode)) >= float(log_joint(z_init))
+  assert float(log_joint(mode[None])[0]) >= float(log_joint(z_init[None])[0])
   assert np.all(np.asarray(precisions) >= 1e-2) and np.all(np.isfinite(np.asarray(mode)))
