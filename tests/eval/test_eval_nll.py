@@ -108,7 +108,7 @@ def test_laplace_matches_quadrature_on_a_bernoulli_decoder():
   assert float(got) == pytest.approx(exact, abs=0.01)
 
 
-def test_laplace_keeps_the_start_where_newton_would_go_downhill():
+def test_laplace_newton_steps_never_go_downhill():
   """A flat, non-concave log joint: floored precisions and the accept test keep it finite."""
   def log_joint(z):  # [n, 2] -> [n]
     assert z.ndim == 2
