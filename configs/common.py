@@ -84,6 +84,9 @@ def stein_vae_section(**overrides):
       # alpha on SVGD's repulsive term: 1 is the dissertation's; above 1 widens the encoder
       # that few particles shrink (models.stein_vae docstring; README: 6 for M = 10, d = 50)
       repulsion_scale=1.0,
+      # 'rbf' (the dissertation's) or 'coordinatewise': one SVGD per latent coordinate, whose
+      # repulsion does not fade with the dimension (svgd.coordinatewise_svgd_direction)
+      kernel="rbf",
       decoder_grad_particles=0,  # particles per example in the gradient of (4.1); 0: all M
       eval_elbo_samples=10,
       learning_rate=2e-4, lr_schedule="constant", final_lr_fraction=1.0,

@@ -104,6 +104,49 @@ class TestWeightedSVGDDirection:
     np.testing.assert_allclose(phi, autodiff_direction(x, s, one_hot, 1.0), atol=1e-12)
 
 
+def autodiff_matrix_kernel_direction(x, scores, weights, bandwidths):
+  """Matrix-valued SVGD ``sum_m w_m [K(x_m, x_n) s_m + div_{x_m} K(x_m, x_n)]`` by jax.jacfwd,
+  for ``K(a, b) = diag_d exp(-(a_d - b_d)^2 / h_d)``; the divergence is taken row by row,
+  ``(div K)_d = sum_e dK_de / da_e``."""
+  kernel_matrix = lambda a, b: jnp.diag(jnp.exp(-jnp.square(a - b) / bandwidths))
+  jacobian = jax.jacfwd(kernel_matrix, argnums=0)  # [d, e, f] = dK_de / da_f
+
+  def at(x_n):
+    def term(x_m, s_m):
+      return kernel_matrix(x_m, x_n) @ s_m + jnp.einsum("dee->d", jacobian(x_m, x_n))
+    return jnp.sum(weights[:, None] * jax.vmap(term)(x, scores), axis=0)
+
+  return jax.vmap(at)(x)
+
+
+class TestCoordinatewiseSVGD:
+
+  @given(particles_and_scores(), st.lists(finite(0.05, 20.0), min_size=3, max_size=3),
+         finite(0.1, 10.0))
+  def test_equals_matrix_valued_definition(self, args, bandwidths, alpha):
+    x, scores, log_w = args
+    h = jnp.asarray(bandwidths[:x.shape[1]])
+    w = jax.nn.softmax(jnp.asarray(log_w))
+    total = autodiff_matrix_kernel_direction(x, scores, w, h)
+    repulsive = autodiff_matrix_kernel_direction(x, jnp.zeros_like(scores), w, h)
+    got = jax.jit(svgd.coordinatewise_svgd_direction)(x, scores, log_w, h, repulsion_scale=alpha)
+    np.testing.assert_allclose(got, total + (alpha - 1.0) * repulsive, rtol=1e-7, atol=1e-9)
+
+  @given(particles_and_scores(), st.sampled_from(kernels.BANDWIDTH_CONVENTIONS))
+  def test_each_coordinate_is_a_one_dimensional_svgd(self, args, convention):
+    x, scores, log_w = args
+    got = jax.jit(svgd.coordinatewise_svgd_direction, static_argnames="convention")(
+        x, scores, log_w, convention=convention)
+    for d in range(x.shape[1]):
+      column = jax.jit(svgd.weighted_svgd_direction, static_argnames="convention")(
+          x[:, d:d + 1], scores[:, d:d + 1], log_w, convention=convention)
+      np.testing.assert_allclose(got[:, d], column[:, 0], rtol=1e-10, atol=1e-12)
+
+  def test_one_particle_gives_the_score(self):
+    x, s = jnp.array([[0.3, -2.0, 7.0]]), jnp.array([[1.0, 2.0, -3.0]])
+    np.testing.assert_allclose(svgd.coordinatewise_svgd_direction(x, s, jnp.zeros(1)), s)
+
+
 class TestTreeSVGD:
 
   def test_pytree_equals_flattened(self):
@@ -139,7 +182,7 @@ class TestRepulsionScale:
     np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-9)
 
   @staticmethod
-  def amortized_fixed_point(num_particles, dim, alpha, num_sets=500):
+  def amortized_fixed_point(num_particles, dim, alpha, num_sets=500, kernel="rbf"):
     """sigma^2 where an encoder z = sigma xi stops moving under SVGD towards N(0, I).
 
     The fit of (4.13) moves sigma by E[sum_j phi(sigma xi)_j . xi_j] (minus the
@@ -152,6 +195,9 @@ class TestRepulsionScale:
     @jax.jit
     def force(sigma):
       def one(z):
+        if kernel == "coordinatewise":
+          return svgd.coordinatewise_svgd_direction(z, -z, jnp.zeros(num_particles),
+                                                    convention="median", repulsion_scale=alpha)
         bandwidth = kernels.median_bandwidth(z, "median")
         return svgd.svgd_direction(z, -z, bandwidth, repulsion_scale=alpha)
       return jnp.mean(jnp.sum(jax.vmap(one)(sigma * xi) * xi, axis=(1, 2)))
@@ -171,3 +217,11 @@ class TestRepulsionScale:
     wide = self.amortized_fixed_point(10, 50, 6.0)
     assert 0.04 < narrow < 0.08, narrow
     assert 0.3 < wide < 0.45 and wide > 5 * narrow, (narrow, wide)
+
+  def test_coordinatewise_kernel_keeps_the_spread_in_any_dimension(self):
+    """The diagonal kernel's repulsion does not fade with d: M = 10 particles settle at
+    about 60% of the posterior's variance in d = 50, as in d = 5 (RBF: 6% in d = 50)."""
+    high = self.amortized_fixed_point(10, 50, 1.0, kernel="coordinatewise")
+    low = self.amortized_fixed_point(10, 5, 1.0, kernel="coordinatewise")
+    assert 0.5 < high < 0.75, high
+    assert abs(high - low) < 0.1, (high, low)

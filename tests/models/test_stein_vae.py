@@ -109,15 +109,17 @@ def test_elbo_below_importance_sampled_bound():
   assert float(np.mean(log_px)) > float(np.mean(elbo))
 
 
-@pytest.mark.parametrize("encoder_steps,grad_particles,alpha",
-                         [(1, 0, 1.0), (2, 0, 1.0), (1, 2, 1.0), (3, 3, 1.0), (1, 0, 6.0)])
-def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha):
+@pytest.mark.parametrize("encoder_steps,grad_particles,alpha,kernel",
+                         [(1, 0, 1.0, "rbf"), (2, 0, 1.0, "rbf"), (1, 2, 1.0, "rbf"),
+                          (3, 3, 1.0, "rbf"), (1, 0, 6.0, "rbf"), (1, 0, 1.0, "coordinatewise"),
+                          (2, 0, 2.0, "coordinatewise")])
+def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha, kernel):
   """The optimized step (encoder pullback reused, decoder gradient from a particle
   subset) against a plain composition of the algorithm's steps 1-5."""
   config = mnist.get_config("smoke")
   section = config.stein_vae
   section.update(num_particles=4, encoder_steps=encoder_steps, decoder_grad_particles=grad_particles,
-                 svgd_step_size=0.05, learning_rate=1e-2, repulsion_scale=alpha)
+                 svgd_step_size=0.05, learning_rate=1e-2, repulsion_scale=alpha, kernel=kernel)
   data = registry.load("digits")
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
   method = stein_vae.make_method(config, spec)
@@ -148,6 +150,10 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
     repulsive = (2.0 / bandwidth) * jnp.sum(gram[..., None] * (particles[:, None] - particles[None]),
                                             axis=1)
     return (gram @ particle_scores + alpha * repulsive) / particles.shape[0]
+  if kernel == "coordinatewise":  # the same one-dimensional SVGD on each coordinate alone
+    one_dim = direction
+    direction = lambda p, s: jnp.concatenate(
+        [one_dim(p[:, d:d + 1], s[:, d:d + 1]) for d in range(p.shape[1])], axis=1)
   moved = z + section.svgd_step_size * jax.vmap(direction)(z, scores)
   steps_per_epoch = spec.num_train // config.data.batch_size
   enc_opt = make_optimizer(section, config.train.num_steps * encoder_steps,
@@ -174,6 +180,14 @@ def test_decoder_grad_particles_above_num_particles_is_rejected():
   config.stein_vae.decoder_grad_particles = config.stein_vae.num_particles + 1
   spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
   with pytest.raises(ValueError, match="decoder_grad_particles"):
+    stein_vae.make_method(config, spec)
+
+
+def test_unknown_kernel_is_rejected():
+  config = mnist.get_config("smoke")
+  config.stein_vae.kernel = "laplace"
+  spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
+  with pytest.raises(ValueError, match="stein_vae.kernel='laplace'"):
     stein_vae.make_method(config, spec)
 
 
