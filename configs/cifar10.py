@@ -39,7 +39,8 @@ FIG_5_2 = dict(
     latent_dim=100, flow_length=0, encoder_arch="conv", decoder_arch="conv",
     encoder_conv_features=(16, 32, 64), decoder_conv_features=(64, 32, 16),
     conv_stage_depth=2, conv_first_kernel_size=5,
-    disc_trunk="conv", disc_x_features=(16, 32), disc_kernel_size=5)
+    disc_trunk="conv", disc_x_features=(16, 32), disc_kernel_size=5,
+    learning_rate=1e-4, disc_learning_rate=1e-4)
 # The VAE baseline's share of them: the same encoder, decoder and ReLU, Adam at 1e-4.
 VAE_NETS = {k: FIG_5_2[k] for k in (
     "latent_dim", "encoder_arch", "decoder_arch", "encoder_conv_features",

@@ -12,6 +12,8 @@ Arguments after the colon, comma-separated:
   paper    the longer schedules of ``configs/mnist.py:paper`` (VAE: Burda et al.'s
            3,280 epochs; AS-VAE: 80 planar flows)
   iwae     the IWAE objective with k = 5 (``vae`` section)
+  ch5      the VAE baseline of the AS-VAE table: the ``vae`` section takes the ``asvae``
+           section's nets and optimizer
 
   python -m experiments.vae --config=configs/fashion_mnist.py
   python -m experiments.asvae --config=configs/fashion_mnist.py
@@ -25,7 +27,7 @@ LIKELIHOOD = "discretized_logistic"
 
 
 def get_config(arg=None):
-  args = common.parse_args(arg, {"smoke", "paper", "iwae"})
+  args = common.parse_args(arg, {"smoke", "paper", "iwae", "ch5"})
   config = common.base_config("fashion_mnist", batch_size=100)
   config.train.update(num_steps=300 * STEPS_PER_EPOCH, log_every=STEPS_PER_EPOCH,
                       eval_every=25 * STEPS_PER_EPOCH, ckpt_every=5 * STEPS_PER_EPOCH)
@@ -40,6 +42,8 @@ def get_config(arg=None):
     config.train.num_steps = 3280 * STEPS_PER_EPOCH
     config.train.eval_every = 100 * STEPS_PER_EPOCH
     config.vae.lr_schedule = "burda"
+  if "ch5" in args:
+    common.match_vae_to_asvae(config)
   if "smoke" in args:
     common.make_smoke(config)
     config.vae.update(hidden_sizes=(32,), latent_dim=8)

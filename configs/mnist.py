@@ -11,6 +11,8 @@ Arguments after the colon, comma-separated:
            10-label column), 100 epochs
   cnn      with ``semi``: the all-convolutional nets instead (32 and 64 5x5 kernels of stride 2,
            leaky ReLU; the decoder mirrors them with transposed convolutions)
+  ch5      the chapter-5 VAE baseline: the ``vae`` section takes the ``asvae`` section's nets
+           and optimizer (z of 64, 200-200 ReLU, Adam 1e-3, beta1 0.5)
 
   python -m experiments.vae --config=configs/mnist.py:iwae --config.vae.num_samples=50
 """
@@ -21,7 +23,7 @@ STEPS_PER_EPOCH = 500  # 50,000 training images, batch 100
 
 
 def get_config(arg=None):
-  args = common.parse_args(arg, {"smoke", "paper", "iwae", "viwae", "semi", "cnn"})
+  args = common.parse_args(arg, {"smoke", "paper", "iwae", "viwae", "semi", "cnn", "ch5"})
   config = common.base_config("mnist", batch_size=100)
   # 700 epochs: the VAE's test NLL reaches 88 nats in 32 minutes on 2 CPU cores (README). A Stein
   # VAE or AS-VAE epoch costs several times a VAE epoch: set --config.train.num_steps to taste.
@@ -51,6 +53,8 @@ def get_config(arg=None):
     config.train.eval_every = 100 * STEPS_PER_EPOCH
     config.vae.lr_schedule = "burda"
     config.stein_vae.num_particles = 100
+  if "ch5" in args:
+    common.match_vae_to_asvae(config)
   if "smoke" in args:
     common.make_smoke(config)
     config.stein_vae.update(num_particles=4, latent_dim=8, encoder_hidden=(32,),

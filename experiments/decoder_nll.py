@@ -1,8 +1,8 @@
-"""Is it the decoder or the encoder? Test NLL of finished runs under two proposals.
+"""Is it the decoder or the encoder? NLL of finished runs under two proposals.
 
 For each ``--workdir`` (a finished or checkpointed run, restored by
-``dgm_jax.train.runs.load_run``), on the first ``--num_examples`` test images
-with K = ``--num_samples`` importance samples each:
+``dgm_jax.train.runs.load_run``), on the first ``--num_examples`` images of
+``--split`` (test by default; train against test shows overfitting) with K = ``--num_samples`` importance samples each:
 
 - ``nll_nats``: the run's own estimate (its encoder as the proposal; for the
   Stein VAE the S-ELBO of 4.5.2 with the change-of-variables density);
@@ -14,7 +14,8 @@ with K = ``--num_samples`` importance samples each:
 Both are stochastic lower bounds on log p(x), so both NLLs are upper bounds:
 when the Laplace NLL is far below the encoder's, the encoder is a poor proposal;
 when both are high, the decoder itself assigns the data low likelihood. Writes
-``decoder_nll.json`` into each workdir and prints one JSON line per run.
+``decoder_nll.json`` (``decoder_nll_train.json``, ``decoder_nll_valid.json`` for
+the other splits) into each workdir and prints one JSON line per run.
 
   python -m experiments.decoder_nll --workdir=runs/vae --workdir=runs/stein_vae
 """
@@ -33,7 +34,9 @@ from dgm_jax.train import launch, runs, writers
 from dgm_jax.train.guards import ConfigError
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", None, "Workdir of a run (repeat).")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 1000, "First test images to evaluate.")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 1000, "First images of the split to evaluate.")
+_SPLIT = flags.DEFINE_enum("split", "test", ["train", "valid", "test"],
+                           "Split to evaluate ('train' against 'test' shows overfitting).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Importance samples K per image.")
 _SEED = flags.DEFINE_integer("seed", 0, "Key of the importance samples.")
 flags.mark_flags_as_required(["workdir"])
@@ -43,15 +46,17 @@ def main(argv):
   del argv
   for workdir in _WORKDIRS.value:
     try:
-      result = evaluate(workdir, _NUM_EXAMPLES.value, _NUM_SAMPLES.value, _SEED.value)
+      result = evaluate(workdir, _NUM_EXAMPLES.value, _NUM_SAMPLES.value, _SEED.value,
+                        _SPLIT.value)
     except launch.KNOWN_ERRORS as error:
       sys.exit(f"error: {type(error).__name__}: {error}")
-    writers.write_json(os.path.join(workdir, "decoder_nll.json"), result)
+    name = "decoder_nll.json" if _SPLIT.value == "test" else f"decoder_nll_{_SPLIT.value}.json"
+    writers.write_json(os.path.join(workdir, name), result)
     print(json.dumps(result))
 
 
-def evaluate(workdir, num_examples, num_samples, seed):
-  """Mean test NLLs of one run under its encoder and under the Laplace proposal."""
+def evaluate(workdir, num_examples, num_samples, seed, split="test"):
+  """Mean NLLs of one run on a split under its encoder and under the Laplace proposal."""
   data = runs.load_data(runs.read_config(workdir))
   run = runs.load_run(workdir, data=data)
   if run.method.laplace_log_likelihood is None:
@@ -61,7 +66,7 @@ def evaluate(workdir, num_examples, num_samples, seed):
   laplace = jax.jit(run.method.laplace_log_likelihood, static_argnums=3)
   key, sums, count, start = jax.random.PRNGKey(seed), {"own": 0.0, "laplace": 0.0}, 0, time.time()
   batch_size = run.config.eval.batch_size
-  for i, batch in enumerate(pipeline.eval_batches(data, "test", batch_size)):
+  for i, batch in enumerate(pipeline.eval_batches(data, split, batch_size)):
     mask = batch.pop("mask") & (np.arange(batch_size) + count < num_examples)
     batch_key = jax.random.fold_in(key, i)
     for name, fn in (("own", own), ("laplace", laplace)):
@@ -70,7 +75,7 @@ def evaluate(workdir, num_examples, num_samples, seed):
     count += int(mask.sum())
     if count >= num_examples:
       break
-  return {"workdir": workdir, "method": run.method.name, "steps": int(run.state.step),
+  return {"workdir": workdir, "method": run.method.name, "steps": int(run.state.step), "split": split,
           "num_examples_evaluated": count, "nll_num_samples": num_samples,
           "nll_nats": -sums["own"] / count, "nll_laplace_nats": -sums["laplace"] / count,
           "wall_s": time.time() - start}

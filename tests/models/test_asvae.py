@@ -126,8 +126,8 @@ def test_planar_flow_inverse_recovers_inputs_and_inverse_jacobian():
   np.testing.assert_allclose(grad_b, -np.linalg.solve(jac_forward, grad_b_forward), atol=1e-8)
 
 
-def _digits_method(method_name, variant="full"):
-  config = mnist.get_config("smoke")
+def _digits_method(method_name, variant="full", config_arg="smoke"):
+  config = mnist.get_config(config_arg)
   config.method = method_name
   config.asvae.variant = variant
   data = registry.load("digits")
@@ -135,9 +135,10 @@ def _digits_method(method_name, variant="full"):
   return data, asvae.make_method(config, spec)
 
 
-@pytest.mark.parametrize("method_name", ["asvae", "ali"])
-def test_one_jitted_step_is_finite_and_moves_every_player(method_name):
-  data, method = _digits_method(method_name)
+@pytest.mark.parametrize("method_name,config_arg", [
+    ("asvae", "smoke"), ("ali", "smoke"), ("asvae", "smoke,paper"), ("ali", "smoke,paper")])
+def test_one_jitted_step_is_finite_and_moves_every_player(method_name, config_arg):
+  data, method = _digits_method(method_name, config_arg=config_arg)
   batch = pipeline.get_batch(data, "train", 0, 8, 0)
   state = method.init(jax.random.PRNGKey(0), batch)
   new_state, metrics = jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(1))
@@ -206,3 +207,25 @@ def test_explicit_contrast_adds_the_encoders_log_ratio_to_f_psi1():
   np.testing.assert_allclose(contrast["explicit_kl"], plain["explicit_kl"], rtol=1e-6)
   # The discriminator's loss (5.3) sees the contrast on real and fake pairs too.
   assert abs(float(contrast["d1_loss"]) - float(plain["d1_loss"])) > 1e-3
+
+
+def test_default_config_trains_here_and_paper_keeps_the_dissertations_choices():
+  default, paper = mnist.get_config(), mnist.get_config("paper")
+  for name in ("asvae", "ali"):
+    assert (default[name].disc_trunk, default[name].learning_rate) == ("mlp", 1e-3)
+    assert default[name].disc_learning_rate == 1e-3
+    assert (paper[name].disc_trunk, tuple(paper[name].disc_x_features)) == ("conv", (32, 64))
+    assert (paper[name].learning_rate, paper[name].disc_learning_rate) == (1e-4, 1e-4)
+  assert default.asvae.explicit_contrast and not paper.asvae.explicit_contrast
+  assert (default.asvae.flow_length, paper.asvae.flow_length) == (10, 80)
+
+
+@pytest.mark.parametrize("arg", ["ch5", "ch5,paper"])
+def test_ch5_vae_baseline_shares_the_asvae_nets_and_optimizer(arg):
+  config = mnist.get_config(arg)
+  vae, section = config.vae, config.asvae
+  assert vae.objective == "vae" and vae.latent_dim == section.latent_dim == 64
+  assert tuple(vae.hidden_sizes) == tuple(section.encoder_hidden) == tuple(section.decoder_hidden)
+  for key in ("activation", "learning_rate", "lr_schedule", "adam_b1", "adam_b2", "adam_eps"):
+    assert vae[key] == section[key], key
+  assert mnist.get_config().vae.latent_dim == 50  # only with ch5
