@@ -72,6 +72,13 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
     assert written["method"] == results["variant"]
     for key in ("nll_nats", "nll_laplace_nats"):
       assert np.isfinite(written[key]) and written[key] > 0, written
+    assert written["split"] == "test"
+    code, _, err = launch([f"--workdir={workdir}", "--num_examples=4", "--num_samples=8",
+                           "--split=train"], experiment="decoder_nll")
+    assert code == 0, err[-3000:]
+    train = json.load(open(os.path.join(workdir, "decoder_nll_train.json")))
+    assert train["split"] == "train" and train["num_examples_evaluated"] == 4
+    assert json.load(open(os.path.join(workdir, "decoder_nll.json"))) == written  # kept
 
 
 RESUME_ARGS = ["--config.train.num_steps=600",
