@@ -53,8 +53,9 @@ convolution stages of Figs. 5.1-5.2 ('conv', ``nets.conv``; ``configs/cifar10.py
 both take and return flattened images, so nothing else changes.
 
 Explicit contrast (``explicit_contrast=True``, the configs' default, off under
-``:paper``; not in the dissertation): ``f_psi1(x, z) = [log q_phi(z|x) - log p(z)] + g_psi1(x, z)``, the
-encoder's own log-ratio plus the network g, which learns only the rest. The
+``:paper``; not in the dissertation): ``f_psi1(x, z) = [log q_phi(z|x) - log
+p(z)] + g_psi1(x, z)``, the encoder's own log-ratio plus the network g, which
+learns only the rest. The
 optimum (5.5), ``f_psi1* = log q_phi(z|x) - log p(z) + log q(x) - log p_theta(x)``,
 is unchanged (g* depends on x only), so the objective is too; only the estimator
 changes. Why: trained by the cross-entropy of (5.3), a discriminator separates
