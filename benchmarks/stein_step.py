@@ -3,13 +3,15 @@
 Prints one JSON line: for M in (10, 20, 50, 100) particles per example, the
 seconds per jitted Stein VAE train step on MNIST-shaped data (batch 64, the
 architecture of 4.5.2), for each value of ``stein_vae.decoder_grad_particles``
-(0: the gradient of (4.1) over all M particles), the seconds of the decoder scores alone
+(0: the gradient of (4.1) over all M particles) and of ``stein_vae.kernel`` (the
+coordinatewise kernel with all M particles only), the seconds of the decoder scores alone
 (``grad_z log p(x, z)`` for the same B x M codes: the part no implementation of
 this algorithm can skip), and their ratio, all measured in the same run with
 interleaved repeats; then, under ``svgd_vs_numpyro``, our SVGD against
 numpyro's on the bimodal toy posterior (``benchmarks/svgd_gmm.py``).
 
-  python benchmarks/stein_step.py [--particles 10,20,50,100 --batch 64 --repeats 10]
+  python benchmarks/stein_step.py [--particles 10,20,50,100 --batch 64 --repeats 10
+                                   --kernels rbf,coordinatewise]
 """
 
 import argparse
@@ -34,8 +36,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import svgd_gmm  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def build(num_particles, batch_size, grad_particles=0):
+def build(num_particles, batch_size, grad_particles=0, kernel="rbf"):
   config = mnist.get_config()
+  config.stein_vae.kernel = kernel
   config.data.batch_size = batch_size
   config.stein_vae.num_particles = num_particles
   config.stein_vae.decoder_grad_particles = grad_particles
@@ -74,24 +77,30 @@ def main():
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--decoder-grad-particles", default="0,10",
                       help="values of stein_vae.decoder_grad_particles to time (0: all M)")
+  parser.add_argument("--kernels", default="rbf,coordinatewise",
+                      help="values of stein_vae.kernel to time")
   parser.add_argument("--svgd-particles", type=int, default=100)
   parser.add_argument("--svgd-iters", type=int, default=2000)
   parser.add_argument("--no-numpyro", action="store_true",
                       help="skip the comparison with numpyro's SVGD")
   args = parser.parse_args()
   rows = []
+  settings = [(kernel, grad_particles) for kernel in args.kernels.split(",")
+              for grad_particles in map(int, args.decoder_grad_particles.split(","))
+              if kernel == "rbf" or grad_particles == 0]
   for num_particles in map(int, args.particles.split(",")):
-    for grad_particles in map(int, args.decoder_grad_particles.split(",")):
+    for kernel, grad_particles in settings:
       if grad_particles > num_particles:
         continue
-      step_fn, scores_fn = build(num_particles, args.batch, grad_particles)
+      step_fn, scores_fn = build(num_particles, args.batch, grad_particles, kernel)
       timed(step_fn), timed(scores_fn)  # compile
       step_s, scores_s = [], []
       for _ in range(args.repeats):
         step_s.append(timed(step_fn))
         scores_s.append(timed(scores_fn))
       step_med, scores_med = float(np.median(step_s)), float(np.median(scores_s))
-      rows.append({"num_particles": num_particles, "decoder_grad_particles": grad_particles,
+      rows.append({"num_particles": num_particles, "kernel": kernel,
+                   "decoder_grad_particles": grad_particles,
                    "step_ms": round(step_med * 1e3, 3),
                    "decoder_scores_ms": round(scores_med * 1e3, 3),
                    "step_over_scores": round(step_med / scores_med, 3)})

@@ -140,7 +140,7 @@ def make_method(config, spec):
                                                                       labeled)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def eval_x(batch):
