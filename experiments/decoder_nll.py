@@ -2,7 +2,8 @@
 
 For each ``--workdir`` (a finished or checkpointed run, restored by
 ``dgm_jax.train.runs.load_run``), on the first ``--num_examples`` images of
-``--split`` (test by default; train against test shows overfitting) with K = ``--num_samples`` importance samples each:
+``--split`` (test by default; train against test shows overfitting) with
+K = ``--num_samples`` importance samples each:
 
 - ``nll_nats``: the run's own estimate (its encoder as the proposal; for the
   Stein VAE the S-ELBO of 4.5.2 with the change-of-variables density);
@@ -75,8 +76,8 @@ def evaluate(workdir, num_examples, num_samples, seed, split="test"):
     count += int(mask.sum())
     if count >= num_examples:
       break
-  return {"workdir": workdir, "method": run.method.name, "steps": int(run.state.step), "split": split,
-          "num_examples_evaluated": count, "nll_num_samples": num_samples,
+  return {"workdir": workdir, "method": run.method.name, "steps": int(run.state.step),
+          "split": split, "num_examples_evaluated": count, "nll_num_samples": num_samples,
           "nll_nats": -sums["own"] / count, "nll_laplace_nats": -sums["laplace"] / count,
           "wall_s": time.time() - start}
 

@@ -81,6 +81,11 @@ def make_method(config, spec):
         *labeled)
     return jnp.swapaxes(per_example, 0, 1)
 
+  def log_joint(params, x, z, continuous=False):
+    """log p(x | z) + log p(z) for x: [..., P] broadcastable against the codes z: [..., D]."""
+    log_px_z = pixel_log_prob(x, decoder.apply(params["decoder"], z), likelihood, continuous)
+    return log_px_z + likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1)
+
   def log_weights(params, x, key, num_samples, continuous=False, labeled=None):
     """[num_samples, B] log p(x, z) - log q(z|x) for z ~ q(z|x), x: [B, P] binary or 8-bit.
 
@@ -88,11 +93,8 @@ def make_method(config, spec):
     """
     mean, log_var = encoder.apply(params["encoder"], x)
     z = sample_gaussian(key, mean, log_var, num_samples)
-    log_px_z = pixel_log_prob(x, decoder.apply(params["decoder"], z), likelihood, continuous)
-    log_px_z = log_px_z + label_log_lik(params, z, labeled)
-    log_pz = likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1)
     log_qz = likelihoods.gaussian_log_prob(z, mean, log_var).sum(-1)
-    return log_px_z + log_pz - log_qz
+    return log_joint(params, x, z, continuous) + label_log_lik(params, z, labeled) - log_qz
 
   def objective(params, x, key, labeled=None):
     if section.objective == "iwae":
@@ -164,13 +166,9 @@ def make_method(config, spec):
         lambda k, n: log_weights(params, x, k, n), key, num_samples, chunk)
 
   def laplace_log_likelihood(params, batch, key, num_samples):
-    x = eval_x(batch)
-    def log_joint(x_n, z):
-      return (pixel_log_prob(x_n, decoder.apply(params["decoder"], z), likelihood)
-              + likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1))
-    z_init = encoder.apply(params["encoder"], x)[0]
-    return nll.batched_laplace_log_likelihood(log_joint, x, z_init, key, num_samples,
-                                              config.eval.max_chunk)
+    return nll.batched_laplace_log_likelihood(
+        lambda x_n, z: log_joint(params, x_n, z), eval_x(batch), encoder_mean(params, batch),
+        key, num_samples, config.eval.max_chunk)
 
   def sample(params, key, num):
     z = jax.random.normal(key, (num, section.latent_dim))

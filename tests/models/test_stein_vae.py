@@ -118,7 +118,8 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   subset) against a plain composition of the algorithm's steps 1-5."""
   config = mnist.get_config("smoke")
   section = config.stein_vae
-  section.update(num_particles=4, encoder_steps=encoder_steps, decoder_grad_particles=grad_particles,
+  section.update(num_particles=4, encoder_steps=encoder_steps,
+                 decoder_grad_particles=grad_particles,
                  svgd_step_size=0.05, learning_rate=1e-2, repulsion_scale=alpha, kernel=kernel)
   data = registry.load("digits")
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
@@ -147,8 +148,8 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   def direction(particles, particle_scores):
     bandwidth = kernels.median_bandwidth(particles, section.bandwidth_convention)
     gram = jnp.exp(-jnp.sum((particles[:, None] - particles[None]) ** 2, -1) / bandwidth)
-    repulsive = (2.0 / bandwidth) * jnp.sum(gram[..., None] * (particles[:, None] - particles[None]),
-                                            axis=1)
+    differences = particles[:, None] - particles[None]
+    repulsive = (2.0 / bandwidth) * jnp.sum(gram[..., None] * differences, axis=1)
     return (gram @ particle_scores + alpha * repulsive) / particles.shape[0]
   if kernel == "coordinatewise":  # the same one-dimensional SVGD on each coordinate alone
     one_dim = direction
