@@ -14,7 +14,14 @@ K = ``--num_samples`` importance samples each:
 
 Both are stochastic lower bounds on log p(x), so both NLLs are upper bounds:
 when the Laplace NLL is far below the encoder's, the encoder is a poor proposal;
-when both are high, the decoder itself assigns the data low likelihood. Writes
+when both are high, the decoder itself assigns the data low likelihood.
+
+``posterior_shape`` (on the first ``--shape_examples`` images, ``--shape_samples``
+draws of q each; medians over the images): q(z | x) against the Laplace
+approximation of p(z | x) in the coordinates that whiten its precision H
+(``dgm_jax.eval.posterior_shape``): the smallest, median and largest variance of
+q there (1 where they agree), q's mean offset, the Gaussian KL between the two,
+and log det H, which grows as the decoder's posteriors sharpen. Writes
 ``decoder_nll.json`` (``decoder_nll_train.json``, ``decoder_nll_valid.json`` for
 the other splits) into each workdir and prints one JSON line per run.
 
@@ -40,6 +47,11 @@ _SPLIT = flags.DEFINE_enum("split", "test", ["train", "valid", "test"],
                            "Split to evaluate ('train' against 'test' shows overfitting).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Importance samples K per image.")
 _SEED = flags.DEFINE_integer("seed", 0, "Key of the importance samples.")
+_SHAPE_EXAMPLES = flags.DEFINE_integer(
+    "shape_examples", 30, "First images of the split whose q is compared with the Laplace "
+    "approximation (0: skip).")
+_SHAPE_SAMPLES = flags.DEFINE_integer("shape_samples", 1000,
+                                      "Draws of q per image for its mean and covariance.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -48,7 +60,7 @@ def main(argv):
   for workdir in _WORKDIRS.value:
     try:
       result = evaluate(workdir, _NUM_EXAMPLES.value, _NUM_SAMPLES.value, _SEED.value,
-                        _SPLIT.value)
+                        _SPLIT.value, _SHAPE_EXAMPLES.value, _SHAPE_SAMPLES.value)
     except launch.KNOWN_ERRORS as error:
       sys.exit(f"error: {type(error).__name__}: {error}")
     name = "decoder_nll.json" if _SPLIT.value == "test" else f"decoder_nll_{_SPLIT.value}.json"
@@ -56,13 +68,22 @@ def main(argv):
     print(json.dumps(result))
 
 
-def evaluate(workdir, num_examples, num_samples, seed, split="test"):
-  """Mean NLLs of one run on a split under its encoder and under the Laplace proposal."""
+def evaluate(workdir, num_examples, num_samples, seed, split="test", shape_examples=0,
+             shape_samples=1000):
+  """Mean NLLs of one run on a split under its encoder and under the Laplace proposal,
+  and the median ``posterior_shape`` metrics of its first ``shape_examples`` images."""
   data = runs.load_data(runs.read_config(workdir))
   run = runs.load_run(workdir, data=data)
   if run.method.laplace_log_likelihood is None:
     raise ConfigError(f"{workdir}: method {run.method.name!r} has no Laplace estimate (the VAE "
                       "and Stein VAE families have one)")
+  if shape_examples > 0:
+    if run.method.posterior_shape is None:
+      raise ConfigError(f"{workdir}: method {run.method.name!r} has no posterior_shape; use "
+                        "--shape_examples=0")
+    if shape_samples <= run.config[run.config.method].latent_dim:
+      raise ConfigError(f"--shape_samples={shape_samples} must exceed the latent dimension "
+                        "(q's covariance is estimated from them)")
   own = jax.jit(run.method.log_likelihood, static_argnums=3)
   laplace = jax.jit(run.method.laplace_log_likelihood, static_argnums=3)
   key, sums, count, start = jax.random.PRNGKey(seed), {"own": 0.0, "laplace": 0.0}, 0, time.time()
@@ -76,10 +97,30 @@ def evaluate(workdir, num_examples, num_samples, seed, split="test"):
     count += int(mask.sum())
     if count >= num_examples:
       break
-  return {"workdir": workdir, "method": run.method.name, "steps": int(run.state.step),
-          "split": split, "num_examples_evaluated": count, "nll_num_samples": num_samples,
-          "nll_nats": -sums["own"] / count, "nll_laplace_nats": -sums["laplace"] / count,
-          "wall_s": time.time() - start}
+  result = {"workdir": workdir, "method": run.method.name, "steps": int(run.state.step),
+            "split": split, "num_examples_evaluated": count, "nll_num_samples": num_samples,
+            "nll_nats": -sums["own"] / count, "nll_laplace_nats": -sums["laplace"] / count}
+  if shape_examples > 0:
+    result["posterior_shape"] = shape_medians(run, data, split, shape_examples, shape_samples,
+                                              jax.random.fold_in(key, 1_000_003))
+  return {**result, "wall_s": time.time() - start}
+
+
+def shape_medians(run, data, split, num_examples, num_samples, key):
+  """Medians over the first ``num_examples`` images of ``method.posterior_shape``."""
+  shape_fn = jax.jit(run.method.posterior_shape, static_argnums=3)
+  rows = min(run.config.eval.batch_size, num_examples)  # no work on rows past num_examples
+  per_example, count = [], 0
+  for i, batch in enumerate(pipeline.eval_batches(data, split, run.config.eval.batch_size)):
+    batch = {k: v[:rows] for k, v in batch.items()}
+    mask = np.asarray(batch.pop("mask"))
+    metrics = shape_fn(run.state.params, batch, jax.random.fold_in(key, i), num_samples)
+    per_example.append({k: np.asarray(v)[mask] for k, v in metrics.items()})
+    count += int(mask.sum())
+    if count >= num_examples:
+      break
+  return {k: float(np.median(np.concatenate([m[k] for m in per_example])[:num_examples]))
+          for k in per_example[0]}
 
 
 if __name__ == "__main__":

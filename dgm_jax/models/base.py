@@ -43,6 +43,9 @@ class Method(NamedTuple):
     laplace_log_likelihood: ``(params, batch, key, num_samples) -> [B]`` log p(x)
       importance sampled from a Laplace approximation of p(z | x) instead of the
       encoder (``eval.nll.laplace_log_likelihood``), or None.
+    posterior_shape: ``(params, batch, key, num_samples) -> {name: [B]}``: num_samples
+      draws of the encoder's q(z | x) against the Laplace approximation of
+      p(z | x) (``eval.posterior_shape``), or None.
     semi_supervised: ``models.semi_supervised.Settings`` when the train step also
       takes ``x_labeled`` / ``label_labeled`` from a fixed labeled subset (4.4), else None.
   """
@@ -56,6 +59,7 @@ class Method(NamedTuple):
   reconstruct: Callable
   encoder_mean: Optional[Callable] = None
   laplace_log_likelihood: Optional[Callable] = None
+  posterior_shape: Optional[Callable] = None
   semi_supervised: Optional[NamedTuple] = None
 
 

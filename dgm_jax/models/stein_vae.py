@@ -58,6 +58,7 @@ import optax
 from dgm_jax import bounds, kernels, likelihoods, svgd
 from dgm_jax.data import transforms
 from dgm_jax.eval import nll
+from dgm_jax.eval import posterior_shape as shape
 from dgm_jax.models import semi_supervised
 from dgm_jax.models.base import Method, make_optimizer
 from dgm_jax.nets import conv
@@ -384,6 +385,13 @@ def make_method(config, spec):
         lambda x_n, z: log_joint(params["decoder"], x_n, z), x, z_init, key, num_samples,
         config.eval.max_chunk)
 
+  def posterior_shape(params, batch, key, num_samples):
+    x = eval_x(batch)
+    xi = jax.random.normal(key, (x.shape[0], num_samples, latent_dim))
+    z = encode(params["encoder"], x[:, None, :], xi)  # [B, S, D]
+    return shape.batched_shape_mismatch(
+        lambda x_n, c: log_joint(params["decoder"], x_n, c), x, z)
+
   def decode_mean(thetas, z):
     if num_decoders == 1:
       return jax.nn.sigmoid(decoder.apply(thetas, z))
@@ -408,7 +416,7 @@ def make_method(config, spec):
   return Method(name=name, init=init, train_step=train_step, eval_step=eval_step,
                 log_likelihood=log_likelihood, sample=sample, reconstruct=reconstruct,
                 encoder_mean=encoder_mean, laplace_log_likelihood=laplace_log_likelihood,
-                semi_supervised=semi)
+                posterior_shape=posterior_shape, semi_supervised=semi)
 
 
 def make_nets(section, spec):

@@ -39,6 +39,7 @@ import optax
 from dgm_jax import bounds, likelihoods
 from dgm_jax.data import registry, transforms
 from dgm_jax.eval import nll
+from dgm_jax.eval import posterior_shape as shape
 from dgm_jax.models import semi_supervised
 from dgm_jax.models.base import Method, make_optimizer
 from dgm_jax.nets import conv
@@ -170,6 +171,13 @@ def make_method(config, spec):
         lambda x_n, z: log_joint(params, x_n, z), eval_x(batch), encoder_mean(params, batch),
         key, num_samples, config.eval.max_chunk)
 
+  def posterior_shape(params, batch, key, num_samples):
+    x = eval_x(batch)
+    mean, log_var = encoder.apply(params["encoder"], x)
+    z = jnp.swapaxes(sample_gaussian(key, mean, log_var, num_samples), 0, 1)  # [B, S, D]
+    return shape.batched_shape_mismatch(
+        lambda x_n, c: log_joint(params, x_n, c), x, z)
+
   def sample(params, key, num):
     z = jax.random.normal(key, (num, section.latent_dim))
     probs = pixel_mean(decoder.apply(params["decoder"], z), likelihood)
@@ -187,7 +195,7 @@ def make_method(config, spec):
   return Method(name=section.objective, init=init, train_step=train_step, eval_step=eval_step,
                 log_likelihood=log_likelihood, sample=sample, reconstruct=reconstruct,
                 encoder_mean=encoder_mean, laplace_log_likelihood=laplace_log_likelihood,
-                semi_supervised=semi)
+                posterior_shape=posterior_shape, semi_supervised=semi)
 
 
 def make_nets(section, spec, likelihood):

@@ -63,7 +63,8 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
   assert any(s.startswith("samples_") and s.endswith(".png") for s in samples)
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   if variant == "smoke":  # the finished run under both proposals (experiments.decoder_nll)
-    code, out, err = launch([f"--workdir={workdir}", "--num_examples=12", "--num_samples=16"],
+    code, out, err = launch([f"--workdir={workdir}", "--num_examples=12", "--num_samples=16",
+                             "--shape_examples=5", "--shape_samples=64"],
                             experiment="decoder_nll")
     assert code == 0, err[-3000:]
     written = json.load(open(os.path.join(workdir, "decoder_nll.json")))
@@ -73,6 +74,14 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
     for key in ("nll_nats", "nll_laplace_nats"):
       assert np.isfinite(written[key]) and written[key] > 0, written
     assert written["split"] == "test"
+    shape = written["posterior_shape"]  # medians over 5 images of eval.posterior_shape
+    assert all(np.isfinite(v) for v in shape.values()), shape
+    assert 0 < shape["whitened_var_min"] <= shape["whitened_var_median"] <= shape[
+        "whitened_var_max"], shape
+    assert shape["kl_gaussian"] > 0 and shape["mahalanobis_sq"] >= 0, shape
+    code, _, err = launch([f"--workdir={workdir}", "--num_examples=2", "--shape_samples=8"],
+                          experiment="decoder_nll")  # no more draws of q than latent dims
+    assert_one_line_error(code, err, "--shape_samples=8", "latent dimension")
     code, _, err = launch([f"--workdir={workdir}", "--num_examples=4", "--num_samples=8",
                            "--split=train"], experiment="decoder_nll")
     assert code == 0, err[-3000:]

@@ -1,0 +1,86 @@
+"""How far an encoder's q(z | x) is from the posterior's shape (diagnostic for 4.5.2).
+
+Chapter 4 asks the encoder to represent p(z | x) through the particles it learns
+to follow. Whether it does can be read off without the exact posterior: fit the
+Laplace approximation ``N(mode, H^-1)`` of p(z | x) (``eval.nll.laplace_proposal``,
+the decoder alone) and compare the first two moments ``(m_q, S_q)`` of
+samples of q with it, in the coordinates that whiten H:
+
+- the eigenvalues of ``A = H^1/2 S_q H^1/2``: all 1 when q's covariance is the
+  Laplace one; below 1 where q is narrower than the posterior, above 1 where wider;
+- ``mahalanobis_sq = (m_q - mode)^T H (m_q - mode)``;
+- ``kl_gaussian``: KL(N(m_q, S_q) || N(mode, H^-1)) = (tr A - d - log det A +
+  mahalanobis_sq) / 2, the part of KL(q || p(z | x)) that the two moments show;
+- ``log_det_precision = log det H``: how sharp the decoder has made the posterior
+  (it grows while a model's posteriors shrink).
+
+Used by ``experiments.decoder_nll`` (``--shape_examples``) on the VAE and the
+Stein VAE alike.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from dgm_jax.eval import nll
+
+__all__ = ["SHAPE_METRICS", "gaussian_mismatch", "shape_mismatch", "batched_shape_mismatch"]
+
+SHAPE_METRICS = ("whitened_var_min", "whitened_var_median", "whitened_var_max",
+                 "mahalanobis_sq", "kl_gaussian", "log_det_precision")
+# From q's mean, a full Newton step can overshoot where log p(x, z) is not concave.
+NEWTON_STEP_SCALES = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01)
+
+
+def gaussian_mismatch(mean, covariance, mode, precisions, axes):
+  """q's moments against ``N(mode, axes diag(1 / precisions) axes^T)``.
+
+  Args:
+    mean: [D] m_q.
+    covariance: [D, D] S_q (positive definite).
+    mode: [D] the Laplace mean.
+    precisions: [D] the eigenvalues of H.
+    axes: [D, D] its eigenvectors (columns).
+
+  Returns:
+    {name: scalar} for the names of ``SHAPE_METRICS``.
+  """
+  dim = mean.shape[-1]
+  whiten = jnp.sqrt(precisions)[:, None] * axes.T  # W with W^T W = H
+  whitened = whiten @ covariance @ whiten.T
+  eigenvalues = jnp.linalg.eigvalsh(0.5 * (whitened + whitened.T))
+  offset = whiten @ (mean - mode)
+  mahalanobis_sq = jnp.sum(jnp.square(offset))
+  log_det = jnp.sum(jnp.log(eigenvalues))
+  return {
+      "whitened_var_min": eigenvalues[0],
+      "whitened_var_median": jnp.median(eigenvalues),
+      "whitened_var_max": eigenvalues[-1],
+      "mahalanobis_sq": mahalanobis_sq,
+      "kl_gaussian": 0.5 * (jnp.sum(eigenvalues) - dim - log_det + mahalanobis_sq),
+      "log_det_precision": jnp.sum(jnp.log(precisions)),
+  }
+
+
+def shape_mismatch(log_joint, samples):
+  """``gaussian_mismatch`` of q's samples of one example against its Laplace fit.
+
+  Args:
+    log_joint: ``z [n, D] -> [n]`` log p(x, z) of the example.
+    samples: [S, D] draws from q(z | x), S > D.
+
+  Returns:
+    {name: scalar}; the mode search starts from the samples' mean, with 20 Newton
+    steps, each the best of ``NEWTON_STEP_SCALES`` times the full step.
+  """
+  mean = jnp.mean(samples, axis=0)
+  centered = samples - mean
+  covariance = centered.T @ centered / (samples.shape[0] - 1)
+  mode, precisions, axes = nll.laplace_proposal(log_joint, mean, num_newton_steps=20,
+                                                step_scales=NEWTON_STEP_SCALES)
+  return gaussian_mismatch(mean, covariance, mode, precisions, axes)
+
+
+def batched_shape_mismatch(log_joint, x, samples):
+  """``shape_mismatch`` per example: log_joint ``(x_n [P], z [n, D]) -> [n]``, x [B, P],
+  samples [B, S, D] -> {name: [B]}."""
+  return jax.vmap(lambda x_n, s: shape_mismatch(lambda z: log_joint(x_n, z), s))(x, samples)

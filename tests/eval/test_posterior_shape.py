@@ -1,0 +1,67 @@
+"""q against the Laplace approximation (eval.posterior_shape), on Gaussians whose answer is known."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dgm_jax.eval import nll, posterior_shape
+
+def random_precision(key, dim):
+  a = jax.random.normal(key, (dim, dim))
+  return a @ a.T + 0.5 * jnp.eye(dim)
+
+def gaussian_log_joint(mean, precision):
+  def log_joint(z):  # [n, D] -> [n]
+    diff = z - mean
+    return -0.5 * jnp.einsum("nd,de,ne->n", diff, precision, diff)
+  return log_joint
+
+@pytest.mark.parametrize("scale,seed", [(0.1, 0), (1.0, 1), (4.0, 2)])
+def test_scaled_posterior_covariance_against_the_closed_form_kl(scale, seed):
+  """q = N(mu + delta, c H^-1) for a true posterior N(mu, H^-1): every whitened variance is c,
+  the offset is delta^T H delta and the KL is (d (c - 1 - log c) + delta^T H delta) / 2."""
+  dim, num = 4, 200_000
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+  precision = random_precision(keys[0], dim)
+  mean = jax.random.normal(keys[1], (dim,))
+  delta = 0.3 * jax.random.normal(keys[2], (dim,))
+  root = jnp.linalg.cholesky(jnp.linalg.inv(precision))  # root root^T = H^-1
+  samples = mean + delta + jnp.sqrt(scale) * jax.random.normal(keys[3], (num, dim)) @ root.T
+  got = jax.jit(lambda s: posterior_shape.shape_mismatch(
+      gaussian_log_joint(mean, precision), s))(samples)
+  offset = float(delta @ precision @ delta)
+  np.testing.assert_allclose(got["whitened_var_min"], scale, rtol=0.03)
+  np.testing.assert_allclose(got["whitened_var_max"], scale, rtol=0.03)
+  np.testing.assert_allclose(got["mahalanobis_sq"], offset, rtol=0.05, atol=0.02 * scale)
+  expected_kl = 0.5 * (dim * (scale - 1 - np.log(scale)) + offset)
+  np.testing.assert_allclose(got["kl_gaussian"], expected_kl, rtol=0.05, atol=0.01)
+  np.testing.assert_allclose(got["log_det_precision"], np.linalg.slogdet(precision)[1],
+                             rtol=1e-8)
+
+def test_a_q_narrow_along_one_axis_and_wide_along_another():
+  """Whitened variances read off where q is too narrow and where too wide."""
+  dim = 3
+  precision = jnp.diag(jnp.array([100.0, 1.0, 0.25]))  # posterior std 0.1, 1, 2
+  q_std = jnp.array([0.1 * 0.2, 1.0, 2.0 * 3.0])  # variance ratios 0.04, 1, 9
+  samples = q_std * jax.random.normal(jax.random.PRNGKey(0), (200_000, dim))
+  got = posterior_shape.shape_mismatch(gaussian_log_joint(jnp.zeros(dim), precision), samples)
+  np.testing.assert_allclose(got["whitened_var_min"], 0.04, rtol=0.03)
+  np.testing.assert_allclose(got["whitened_var_median"], 1.0, rtol=0.03)
+  np.testing.assert_allclose(got["whitened_var_max"], 9.0, rtol=0.03)
+
+def test_shorter_newton_steps_reach_a_mode_that_full_steps_cannot():
+  """log p = -sum a log cosh(z - mu): from 6 away the curvature is ~1e-4, floored at 1e-2, so
+  the full Newton step overshoots and is refused; the scaled steps get to the mode."""
+  mu = jnp.array([0.5, -1.0])
+
+  def log_joint(z):
+    return -jnp.sum(2.0 * jnp.log(jnp.cosh(z - mu)), axis=-1)
+
+  start = mu + 6.0
+  full, _, _ = nll.laplace_proposal(log_joint, start, num_newton_steps=20)
+  scaled, precisions, _ = nll.laplace_proposal(
+      log_joint, start, num_newton_steps=20, step_scales=posterior_shape.NEWTON_STEP_SCALES)
+  assert np.max(np.abs(full - start)) < 1e-9  # stuck where it started
+  np.testing.assert_allclose(scaled, mu, atol=1e-6)
+  np.testing.assert_allclose(precisions, 2.0, rtol=1e-6)  # a sech^2(0) = 2 at the mode
