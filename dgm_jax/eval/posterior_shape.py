@@ -28,7 +28,7 @@ __all__ = ["SHAPE_METRICS", "gaussian_mismatch", "shape_mismatch", "batched_shap
 SHAPE_METRICS = ("whitened_var_min", "whitened_var_median", "whitened_var_max",
                  "mahalanobis_sq", "kl_gaussian", "log_det_precision")
 # From q's mean, a full Newton step can overshoot where log p(x, z) is not concave.
-NEWTON_STEP_SCALES = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01)
+NEWTON_STEP_SCALES = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 
 
 def gaussian_mismatch(mean, covariance, mode, precisions, axes):
@@ -47,7 +47,9 @@ def gaussian_mismatch(mean, covariance, mode, precisions, axes):
   dim = mean.shape[-1]
   whiten = jnp.sqrt(precisions)[:, None] * axes.T  # W with W^T W = H
   whitened = whiten @ covariance @ whiten.T
-  eigenvalues = jnp.linalg.eigvalsh(0.5 * (whitened + whitened.T))
+  # q's covariance is positive semi-definite; rounding can take its smallest eigenvalues
+  # below 0, and a q squeezed onto fewer than D dimensions has some at 0 (KL = inf).
+  eigenvalues = jnp.maximum(jnp.linalg.eigvalsh(0.5 * (whitened + whitened.T)), 0.0)
   offset = whiten @ (mean - mode)
   mahalanobis_sq = jnp.sum(jnp.square(offset))
   log_det = jnp.sum(jnp.log(eigenvalues))
