@@ -158,6 +158,7 @@ def asvae_section(method="asvae", smoke=False, paper=False, **overrides):
       conv_stage_depth=0, conv_first_kernel_size=3,  # unstrided convs per stage; first kernel
       flow_length=0 if method == "ali" else (80 if paper else 10), flow_init_scale=0.1,
       relaxation_temperature=0.5,
+      decoded_x="sample",  # 8-bit data: 'sample' (a clipped logistic draw) or 'mean' (models.asvae)
       disc_trunk="mlp", disc_x_features=(256,), disc_z_hidden=(200,),
       disc_joint_hidden=(200,), disc_activation="leaky_relu", disc_kernel_size=3,
       learning_rate=1e-3, disc_learning_rate=1e-3, lr_schedule="constant",

@@ -36,6 +36,8 @@ def get_config(arg=None):
                                       likelihood=LIKELIHOOD)
   config.ali = common.asvae_section("ali", smoke="smoke" in args, paper="paper" in args,
                                     likelihood=LIKELIHOOD)
+  if "paper" not in args:  # ALI's generator shows its logistic means (models.asvae docstring)
+    config.ali.decoded_x = "mean"
   if "iwae" in args:
     config.vae.update(objective="iwae", num_samples=5)
   if "paper" in args:

@@ -36,7 +36,7 @@ def gaussian_mismatch(mean, covariance, mode, precisions, axes):
 
   Args:
     mean: [D] m_q.
-    covariance: [D, D] S_q (positive definite).
+    covariance: [D, D] S_q (positive semi-definite).
     mode: [D] the Laplace mean.
     precisions: [D] the eigenvalues of H.
     axes: [D, D] its eigenvectors (columns).

@@ -30,6 +30,7 @@ def test_scaled_posterior_covariance_against_the_closed_form_kl(scale, seed):
   samples = mean + delta + jnp.sqrt(scale) * jax.random.normal(keys[3], (num, dim)) @ root.T
   got = jax.jit(lambda s: posterior_shape.shape_mismatch(
       gaussian_log_joint(mean, precision), s))(samples)
+  assert set(got) == set(posterior_shape.SHAPE_METRICS)
   offset = float(delta @ precision @ delta)
   np.testing.assert_allclose(got["whitened_var_min"], scale, rtol=0.03)
   np.testing.assert_allclose(got["whitened_var_max"], scale, rtol=0.03)

@@ -229,3 +229,48 @@ def test_ch5_vae_baseline_shares_the_asvae_nets_and_optimizer(arg):
   for key in ("activation", "learning_rate", "lr_schedule", "adam_b1", "adam_b2", "adam_eps"):
     assert vae[key] == section[key], key
   assert mnist.get_config().vae.latent_dim == 50  # only with ch5
+
+
+@pytest.mark.parametrize("decoded_x", ["sample", "mean"])
+def test_decoded_x_mean_shows_ali_the_logistic_means(decoded_x):
+  """With decoded_x='mean' the discriminator never sees the decoder's log-scales, so ALI's
+  step leaves their output weights where they were; a logistic draw moves them."""
+  config = mnist.get_config("smoke")
+  config.method = "ali"
+  config.ali.update(likelihood="discretized_logistic", decoded_x=decoded_x)
+  spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
+  method = asvae.make_method(config, spec)
+  levels = jax.random.randint(jax.random.PRNGKey(0), (16, 8, 8, 1), 0, 256)
+  batch = {"x": levels.astype(jnp.float32) / 255.0, "index": jnp.arange(16, dtype=jnp.int32)}
+  state = method.init(jax.random.PRNGKey(1), batch)
+  new_state, metrics = jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(2))
+  assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+  num_pixels = 8 * 8
+
+  def output_kernel(params):  # [hidden, 2P]: logistic means, then log-scales
+    kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+               if "kernel" in jax.tree_util.keystr(path) and leaf.shape[-1] == 2 * num_pixels]
+    assert len(kernels) == 1
+    return np.asarray(kernels[0])
+
+  kernel, new_kernel = output_kernel(state.params["decoder"]), output_kernel(
+      new_state.params["decoder"])
+  mean_moved = np.any(new_kernel[:, :num_pixels] != kernel[:, :num_pixels])
+  scale_moved = np.any(new_kernel[:, num_pixels:] != kernel[:, num_pixels:])
+  assert mean_moved
+  assert scale_moved == (decoded_x == "sample")
+
+
+def test_decoded_x_is_checked():
+  data = registry.load("digits")
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
+  for value, needle in (("mode", "choose one of"), ("mean", "8-bit data")):
+    config = mnist.get_config("smoke")
+    config.method = "ali"
+    config.ali.decoded_x = value
+    with pytest.raises(ValueError, match=needle):
+      asvae.make_method(config, spec)
+  from configs import fashion_mnist  # pylint: disable=import-outside-toplevel
+  assert fashion_mnist.get_config().ali.decoded_x == "mean"
+  assert fashion_mnist.get_config("paper").ali.decoded_x == "sample"
+  assert fashion_mnist.get_config().asvae.decoded_x == "sample"
