@@ -7,15 +7,18 @@ import pytest
 
 from dgm_jax.eval import nll, posterior_shape
 
+
 def random_precision(key, dim):
   a = jax.random.normal(key, (dim, dim))
   return a @ a.T + 0.5 * jnp.eye(dim)
+
 
 def gaussian_log_joint(mean, precision):
   def log_joint(z):  # [n, D] -> [n]
     diff = z - mean
     return -0.5 * jnp.einsum("nd,de,ne->n", diff, precision, diff)
   return log_joint
+
 
 @pytest.mark.parametrize("scale,seed", [(0.1, 0), (1.0, 1), (4.0, 2)])
 def test_scaled_posterior_covariance_against_the_closed_form_kl(scale, seed):
@@ -40,6 +43,7 @@ def test_scaled_posterior_covariance_against_the_closed_form_kl(scale, seed):
   np.testing.assert_allclose(got["log_det_precision"], np.linalg.slogdet(precision)[1],
                              rtol=1e-8)
 
+
 def test_a_q_narrow_along_one_axis_and_wide_along_another():
   """Whitened variances read off where q is too narrow and where too wide."""
   dim = 3
@@ -50,6 +54,7 @@ def test_a_q_narrow_along_one_axis_and_wide_along_another():
   np.testing.assert_allclose(got["whitened_var_min"], 0.04, rtol=0.03)
   np.testing.assert_allclose(got["whitened_var_median"], 1.0, rtol=0.03)
   np.testing.assert_allclose(got["whitened_var_max"], 9.0, rtol=0.03)
+
 
 def test_shorter_newton_steps_reach_a_mode_that_full_steps_cannot():
   """log p = -sum a log cosh(z - mu): from 6 away the curvature is ~1e-4, floored at 1e-2, so
