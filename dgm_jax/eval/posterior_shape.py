@@ -75,8 +75,7 @@ def shape_mismatch(log_joint, samples):
     steps, each the best of ``NEWTON_STEP_SCALES`` times the full step.
   """
   mean = jnp.mean(samples, axis=0)
-  centered = samples - mean
-  covariance = centered.T @ centered / (samples.shape[0] - 1)
+  covariance = jnp.cov(samples, rowvar=False)
   mode, precisions, axes = nll.laplace_proposal(log_joint, mean, num_newton_steps=20,
                                                 step_scales=NEWTON_STEP_SCALES)
   return gaussian_mismatch(mean, covariance, mode, precisions, axes)
