@@ -87,6 +87,9 @@ def stein_vae_section(**overrides):
       # 'rbf' (the dissertation's) or 'coordinatewise': one SVGD per latent coordinate, whose
       # repulsion does not fade with the dimension (svgd.coordinatewise_svgd_direction)
       kernel="rbf",
+      # 'none' (the dissertation's) or 'gauss_newton': the kernel whitened by each example's
+      # Gauss-Newton precision at its mean particle (svgd.preconditioned_svgd_direction)
+      preconditioner="none",
       decoder_grad_particles=0,  # particles per example in the gradient of (4.1); 0: all M
       eval_elbo_samples=10,
       learning_rate=2e-4, lr_schedule="constant", final_lr_fraction=1.0,

@@ -109,18 +109,37 @@ def test_elbo_below_importance_sampled_bound():
   assert float(np.mean(log_px)) > float(np.mean(elbo))
 
 
-@pytest.mark.parametrize("encoder_steps,grad_particles,alpha,kernel",
-                         [(1, 0, 1.0, "rbf"), (2, 0, 1.0, "rbf"), (1, 2, 1.0, "rbf"),
-                          (3, 3, 1.0, "rbf"), (1, 0, 6.0, "rbf"), (1, 0, 1.0, "coordinatewise"),
-                          (2, 0, 2.0, "coordinatewise")])
-def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha, kernel):
+@given(hnp.arrays(np.float64, (6, 3), elements=finite(-2.0, 2.0)),
+       hnp.arrays(np.float64, (6,), elements=finite(-3.0, 3.0)),
+       hnp.arrays(np.float64, (3,), elements=finite(-2.0, 2.0)))
+def test_gauss_newton_precision_of_a_linear_decoder_is_the_exact_hessian(weights, bias, z):
+  """Logits W z + b: -log p(x | z) - log p(z) has Hessian W^T diag(p (1 - p)) W + I for
+  every x; compared with jax.hessian of the negative log-joint."""
+  x = (np.arange(6) % 2).astype(np.float64)
+  neg_log_joint = lambda c: -(jnp.sum(likelihoods.bernoulli_log_prob(x, weights @ c + bias))
+                              + jnp.sum(likelihoods.gaussian_log_prob(c, 0.0, 0.0)))
+  got = jax.jit(stein_vae.gauss_newton_precision, static_argnums=0)(
+      lambda c: weights @ c + bias, z)
+  np.testing.assert_allclose(got, jax.hessian(neg_log_joint)(z), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("encoder_steps,grad_particles,alpha,kernel,preconditioner",
+                         [(1, 0, 1.0, "rbf", "none"), (2, 0, 1.0, "rbf", "none"),
+                          (1, 2, 1.0, "rbf", "none"), (3, 3, 1.0, "rbf", "none"),
+                          (1, 0, 6.0, "rbf", "none"), (1, 0, 1.0, "coordinatewise", "none"),
+                          (2, 0, 2.0, "coordinatewise", "none"),
+                          (1, 0, 1.0, "rbf", "gauss_newton"),
+                          (2, 0, 16.0, "rbf", "gauss_newton")])
+def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha, kernel,
+                                                     preconditioner):
   """The optimized step (encoder pullback reused, decoder gradient from a particle
   subset) against a plain composition of the algorithm's steps 1-5."""
   config = mnist.get_config("smoke")
   section = config.stein_vae
   section.update(num_particles=4, encoder_steps=encoder_steps,
                  decoder_grad_particles=grad_particles,
-                 svgd_step_size=0.05, learning_rate=1e-2, repulsion_scale=alpha, kernel=kernel)
+                 svgd_step_size=0.05, learning_rate=1e-2, repulsion_scale=alpha, kernel=kernel,
+                 preconditioner=preconditioner)
   data = registry.load("digits")
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
   method = stein_vae.make_method(config, spec)
@@ -155,6 +174,23 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
     one_dim = direction
     direction = lambda p, s: jnp.concatenate(
         [one_dim(p[:, d:d + 1], s[:, d:d + 1]) for d in range(p.shape[1])], axis=1)
+  if preconditioner == "gauss_newton":
+    # The matrix-valued kernel Q^-1 k_Q with k_Q(a, b) = exp(-(a - b)^T Q (a - b) / h),
+    # Q = J^T diag(p (1 - p)) J + I at the mean particle (J by reverse mode here), and h
+    # the median heuristic of the whitened particles L^T z.
+    def direction(particles, particle_scores):
+      mean = jnp.mean(particles, axis=0)
+      jac = jax.jacrev(lambda c: decoder.apply(theta, c))(mean)
+      p = jax.nn.sigmoid(decoder.apply(theta, mean))
+      precision = jac.T @ ((p * (1 - p))[:, None] * jac) + jnp.eye(mean.shape[0])
+      whitened = particles @ jnp.linalg.cholesky(precision)
+      bandwidth = kernels.median_bandwidth(whitened, section.bandwidth_convention)
+      differences = particles[:, None] - particles[None]  # [n, m, D]: z_n - z_m
+      gram = jnp.exp(-jnp.einsum("nmd,de,nme->nm", differences, precision, differences)
+                     / bandwidth)
+      repulsive = (2.0 / bandwidth) * jnp.einsum("nm,nmd->nd", gram, differences @ precision)
+      return jnp.linalg.solve(precision, (gram @ particle_scores + alpha * repulsive).T).T / (
+          particles.shape[0])
   moved = z + section.svgd_step_size * jax.vmap(direction)(z, scores)
   steps_per_epoch = spec.num_train // config.data.batch_size
   enc_opt = make_optimizer(section, config.train.num_steps * encoder_steps,
@@ -189,6 +225,14 @@ def test_unknown_kernel_is_rejected():
   config.stein_vae.kernel = "laplace"
   spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
   with pytest.raises(ValueError, match="stein_vae.kernel='laplace'"):
+    stein_vae.make_method(config, spec)
+
+
+def test_unknown_preconditioner_is_rejected():
+  config = mnist.get_config("smoke")
+  config.stein_vae.preconditioner = "newton"
+  spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
+  with pytest.raises(ValueError, match="stein_vae.preconditioner='newton'"):
     stein_vae.make_method(config, spec)
 
 
