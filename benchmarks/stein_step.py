@@ -3,15 +3,17 @@
 Prints one JSON line: for M in (10, 20, 50, 100) particles per example, the
 seconds per jitted Stein VAE train step on MNIST-shaped data (batch 64, the
 architecture of 4.5.2), for each value of ``stein_vae.decoder_grad_particles``
-(0: the gradient of (4.1) over all M particles) and of ``stein_vae.kernel`` (the
-coordinatewise kernel with all M particles only), the seconds of the decoder scores alone
+(0: the gradient of (4.1) over all M particles), of ``stein_vae.kernel`` (the
+coordinatewise kernel with all M particles only) and of ``stein_vae.preconditioner``
+(``gauss_newton`` with the RBF kernel and all M particles only), the seconds of the decoder scores alone
 (``grad_z log p(x, z)`` for the same B x M codes: the part no implementation of
 this algorithm can skip), and their ratio, all measured in the same run with
 interleaved repeats; then, under ``svgd_vs_numpyro``, our SVGD against
 numpyro's on the bimodal toy posterior (``benchmarks/svgd_gmm.py``).
 
   python benchmarks/stein_step.py [--particles 10,20,50,100 --batch 64 --repeats 10
-                                   --kernels rbf,coordinatewise]
+                                   --kernels rbf,coordinatewise
+                                   --preconditioners none,gauss_newton]
 """
 
 import argparse
@@ -36,9 +38,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import svgd_gmm  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def build(num_particles, batch_size, grad_particles=0, kernel="rbf"):
+def build(num_particles, batch_size, grad_particles=0, kernel="rbf", preconditioner="none"):
   config = mnist.get_config()
   config.stein_vae.kernel = kernel
+  config.stein_vae.preconditioner = preconditioner
   config.data.batch_size = batch_size
   config.stein_vae.num_particles = num_particles
   config.stein_vae.decoder_grad_particles = grad_particles
@@ -79,20 +82,26 @@ def main():
                       help="values of stein_vae.decoder_grad_particles to time (0: all M)")
   parser.add_argument("--kernels", default="rbf,coordinatewise",
                       help="values of stein_vae.kernel to time")
+  parser.add_argument("--preconditioners", default="none,gauss_newton",
+                      help="values of stein_vae.preconditioner to time")
   parser.add_argument("--svgd-particles", type=int, default=100)
   parser.add_argument("--svgd-iters", type=int, default=2000)
   parser.add_argument("--no-numpyro", action="store_true",
                       help="skip the comparison with numpyro's SVGD")
   args = parser.parse_args()
   rows = []
-  settings = [(kernel, grad_particles) for kernel in args.kernels.split(",")
+  settings = [(kernel, grad_particles, preconditioner)
+              for kernel in args.kernels.split(",")
               for grad_particles in map(int, args.decoder_grad_particles.split(","))
-              if kernel == "rbf" or grad_particles == 0]
+              for preconditioner in args.preconditioners.split(",")
+              if (kernel == "rbf" or grad_particles == 0)
+              and (preconditioner == "none" or (kernel == "rbf" and grad_particles == 0))]
   for num_particles in map(int, args.particles.split(",")):
-    for kernel, grad_particles in settings:
+    for kernel, grad_particles, preconditioner in settings:
       if grad_particles > num_particles:
         continue
-      step_fn, scores_fn = build(num_particles, args.batch, grad_particles, kernel)
+      step_fn, scores_fn = build(num_particles, args.batch, grad_particles, kernel,
+                                 preconditioner)
       timed(step_fn), timed(scores_fn)  # compile
       step_s, scores_s = [], []
       for _ in range(args.repeats):
@@ -100,6 +109,7 @@ def main():
         scores_s.append(timed(scores_fn))
       step_med, scores_med = float(np.median(step_s)), float(np.median(scores_s))
       rows.append({"num_particles": num_particles, "kernel": kernel,
+                   "preconditioner": preconditioner,
                    "decoder_grad_particles": grad_particles,
                    "step_ms": round(step_med * 1e3, 3),
                    "decoder_scores_ms": round(scores_med * 1e3, 3),

@@ -33,10 +33,13 @@ def test_tiny_run_prints_one_json_line(tmp_path):
   assert len(lines) == 1, proc.stdout
   result = json.loads(lines[0])
   assert result["benchmark"] == "stein_step"
-  rows = {(row["num_particles"], row["kernel"], row["decoder_grad_particles"])
-          for row in result["rows"]}
-  # decoder_grad_particles 0 and 10 (above M here, skipped) for rbf; 0 only for coordinatewise
-  assert rows == {(m, k, 0) for m in (2, 4) for k in ("rbf", "coordinatewise")}, rows
+  rows = {(row["num_particles"], row["kernel"], row["decoder_grad_particles"],
+           row["preconditioner"]) for row in result["rows"]}
+  # decoder_grad_particles 0 and 10 (above M here, skipped) for rbf; 0 only for
+  # coordinatewise; the Gauss-Newton preconditioner with rbf and all particles only
+  assert rows == {(m, k, 0, p) for m in (2, 4)
+                  for k, p in (("rbf", "none"), ("coordinatewise", "none"),
+                               ("rbf", "gauss_newton"))}, rows
   for row in result["rows"]:
     assert row["step_ms"] > 0 and row["decoder_scores_ms"] > 0
     assert math.isclose(row["step_over_scores"], row["step_ms"] / row["decoder_scores_ms"],
