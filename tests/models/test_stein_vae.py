@@ -283,3 +283,15 @@ def test_laplace_log_likelihood_matches_quadrature(experiment):
   # A stochastic lower bound: below the integral by its bias (light Gaussian tails on a
   # posterior that is not quite Gaussian), within 0.1 nats; above it only by noise.
   assert np.all(laplace <= exact + 0.02) and np.all(laplace >= exact - 0.1), (laplace, exact)
+
+
+@pytest.mark.parametrize("arg,num_particles,alpha", [("precond", 10, 16.0),
+                                                     ("precond,paper", 100, 2.4)])
+def test_precond_config_sets_the_preconditioned_stein_vae(arg, num_particles, alpha):
+  """The README's preconditioned run in one argument, its alpha calibrated to M
+  (``tests/test_svgd.py`` checks the calibration for M = 10)."""
+  section = mnist.get_config(arg).stein_vae
+  assert (section.preconditioner, section.num_particles) == ("gauss_newton", num_particles)
+  assert section.repulsion_scale == alpha
+  assert (section.learning_rate, section.lr_schedule) == (1e-3, "geometric")
+  assert mnist.get_config().stein_vae.preconditioner == "none"  # the dissertation's default
