@@ -5,10 +5,10 @@ seconds per jitted Stein VAE train step on MNIST-shaped data (batch 64, the
 architecture of 4.5.2), for each value of ``stein_vae.decoder_grad_particles``
 (0: the gradient of (4.1) over all M particles), of ``stein_vae.kernel`` (the
 coordinatewise kernel with all M particles only) and of ``stein_vae.preconditioner``
-(``gauss_newton`` with the RBF kernel and all M particles only), the seconds of the decoder scores alone
-(``grad_z log p(x, z)`` for the same B x M codes: the part no implementation of
-this algorithm can skip), and their ratio, all measured in the same run with
-interleaved repeats; then, under ``svgd_vs_numpyro``, our SVGD against
+(``gauss_newton`` with the RBF kernel and all M particles only), the seconds of the
+decoder scores alone (``grad_z log p(x, z)`` for the same B x M codes: the part no
+implementation of this algorithm can skip), and their ratio, all measured in the same
+run with interleaved repeats; then, under ``svgd_vs_numpyro``, our SVGD against
 numpyro's on the bimodal toy posterior (``benchmarks/svgd_gmm.py``).
 
   python benchmarks/stein_step.py [--particles 10,20,50,100 --batch 64 --repeats 10

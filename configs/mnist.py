@@ -33,7 +33,7 @@ PRECONDITIONED_ALPHA = {10: 16.0, 100: 2.4}
 
 def get_config(arg=None):
   args = common.parse_args(arg, {"smoke", "paper", "iwae", "viwae", "semi", "cnn", "ch5",
-                                      "precond"})
+                                "precond"})
   config = common.base_config("mnist", batch_size=100)
   # 700 epochs: the VAE's test NLL reaches 88 nats in 32 minutes on 2 CPU cores (README). A Stein
   # VAE or AS-VAE epoch costs several times a VAE epoch: set --config.train.num_steps to taste.
