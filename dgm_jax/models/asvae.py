@@ -215,6 +215,7 @@ def make_method(config, spec):
   decoded_x_mean = section.get("decoded_x", "sample") == "mean"
   # f_psi1 = [log q_phi(z|x) - log p(z)] + g_psi1(x, z) (see the module docstring).
   explicit_contrast = bool(section.get("explicit_contrast", False)) and method_name == "asvae"
+  gradient_penalty = section.get("disc_gradient_penalty", 0.0)  # gamma; 0: the dissertation's
   eval_seed = config.eval.binarization_seed
 
   encoder = encoder_net(section, spec)
@@ -297,23 +298,33 @@ def make_method(config, spec):
     return (dequantized if train_continuous else gray), dequantized
 
   def discriminator_loss(disc_params, x_shown, z_encoder, x_decoder, noise, contrast=None):
-    """Sum over discriminators of their mean losses (5.3), (5.4) or (5.1); and metrics."""
-    losses = {}
-    if "psi1" in disc_params:   # real: encoder pairs; fake: decoded x with an independent z
-      real = logit_of(disc_params, "psi1", x_shown, z_encoder)
-      fake = logit_of(disc_params, "psi1", x_decoder, noise["z_independent"])
-      if contrast is not None:
-        real, fake = real + contrast["real"], fake + contrast["fake"]
-      losses["d1_loss"] = adversarial.psi1_loss(real, fake).mean()
-    if "psi2" in disc_params:   # real: decoder pairs; fake: data x with another example's code
-      losses["d2_loss"] = adversarial.psi2_loss(
-          logit_of(disc_params, "psi2", x_decoder, noise["z_prior"]),
-          logit_of(disc_params, "psi2", x_shown, jnp.roll(z_encoder, 1, axis=0))).mean()
-    if "psi" in disc_params:    # ALI: real: encoder pairs; fake: decoder pairs
-      losses["d_loss"] = adversarial.ali_discriminator_loss(
-          logit_of(disc_params, "psi", x_shown, z_encoder),
-          logit_of(disc_params, "psi", x_decoder, noise["z_prior"])).mean()
-    return sum(losses.values()), losses
+    """Sum over discriminators of their mean losses (5.3), (5.4) or (5.1), plus
+    ``disc_gradient_penalty / 2`` times their mean squared input gradients; and metrics."""
+    losses, penalties = {}, {}
+    pairs = {  # (real pairs, fake pairs) of each discriminator
+        # psi1 real: encoder pairs; fake: decoded x with an independent z
+        "psi1": ((x_shown, z_encoder), (x_decoder, noise["z_independent"])),
+        # psi2 real: decoder pairs; fake: data x with another example's code
+        "psi2": ((x_decoder, noise["z_prior"]), (x_shown, jnp.roll(z_encoder, 1, axis=0))),
+        # ALI's psi real: encoder pairs; fake: decoder pairs
+        "psi": ((x_shown, z_encoder), (x_decoder, noise["z_prior"])),
+    }
+    for name in discriminators:
+      real, fake = (logit_of(disc_params, name, *pair) for pair in pairs[name])
+      if name == "psi1":
+        if contrast is not None:
+          real, fake = real + contrast["real"], fake + contrast["fake"]
+        losses["d1_loss"] = adversarial.psi1_loss(real, fake).mean()
+      elif name == "psi2":
+        losses["d2_loss"] = adversarial.psi2_loss(real, fake).mean()
+      else:
+        losses["d_loss"] = adversarial.ali_discriminator_loss(real, fake).mean()
+      if gradient_penalty:
+        logit_fn = lambda a, b, n=name: logit_of(disc_params, n, a, b)
+        penalties[f"{name}_grad_sq"] = jnp.mean(jnp.concatenate(
+            [adversarial.input_gradient_penalty(logit_fn, *pair) for pair in pairs[name]]))
+    total = sum(losses.values()) + 0.5 * gradient_penalty * sum(penalties.values())
+    return total, {**losses, **penalties}
 
   def generator_loss(gen_params, disc_params, x_fit, x_shown, noise):
     """Minus (5.14) (AS-VAE) or the ALI generator loss, through reparametrized samples."""
@@ -497,6 +508,9 @@ def _check(section, spec, method_name):
     raise ValueError(f"relaxation_temperature={section.relaxation_temperature!r} must be > 0")
   if section.flow_length < 0:
     raise ValueError(f"flow_length={section.flow_length!r} must be >= 0 (0: Gaussian encoder)")
+  if not section.get("disc_gradient_penalty", 0.0) >= 0:
+    raise ValueError(f"disc_gradient_penalty={section.disc_gradient_penalty!r} must be >= 0 "
+                     "(0: no penalty, the dissertation's discriminators)")
   decoded_x = section.get("decoded_x", "sample")
   if decoded_x not in DECODED_X:
     raise ValueError(f"decoded_x={decoded_x!r}; choose one of {DECODED_X}")
