@@ -165,7 +165,7 @@ def asvae_section(method="asvae", smoke=False, paper=False, **overrides):
       disc_trunk="mlp", disc_x_features=(256,), disc_z_hidden=(200,),
       disc_joint_hidden=(200,), disc_activation="leaky_relu", disc_kernel_size=3,
       # gamma of a penalty gamma/2 E|grad_(x,z) f|^2 on each discriminator's real and fake
-      # pairs (adversarial.input_gradient_penalty); 0: the dissertation's discriminators
+      # pairs (adversarial.logits_and_input_gradient_sq); 0: the dissertation's discriminators
       disc_gradient_penalty=0.0,
       learning_rate=1e-3, disc_learning_rate=1e-3, lr_schedule="constant",
       final_lr_fraction=1.0, adam_b1=0.5, adam_b2=0.999, adam_eps=1e-8,

@@ -25,7 +25,7 @@ __all__ = [
     "asvae_encoder_pair_term",
     "asvae_decoder_pair_term",
     "optimal_logit",
-    "input_gradient_penalty",
+    "logits_and_input_gradient_sq",
 ]
 
 
@@ -216,14 +216,14 @@ def optimal_logit(log_p_real, log_p_fake):
   return jnp.asarray(log_p_real) - jnp.asarray(log_p_fake)
 
 
-def input_gradient_penalty(logit_fn, x, z):
-  """Per-example ``|grad_x f(x, z)|^2 + |grad_z f(x, z)|^2`` of a discriminator's logit.
+def logits_and_input_gradient_sq(logit_fn, x, z):
+  """A discriminator's logits and their per-example ``|grad_x f|^2 + |grad_z f|^2``, one pass.
 
   Not in the dissertation. Added to a discriminator's loss as ``gamma / 2`` times its
   mean over real and fake pairs (R1 and R2 of Mescheder, Geiger and Nowozin 2018),
-  it keeps the discriminator from winning outright with a logit that is steep
-  between the two sets of pairs; its pointwise optimum (5.5) is unchanged where the
-  two densities overlap.
+  the squared norm keeps the discriminator from winning outright with a logit that
+  is steep between the two sets of pairs; its pointwise optimum (5.5) is unchanged
+  where the two densities overlap.
 
   Args:
     logit_fn: ``(x [B, ...], z [B, D]) -> [B]``, each logit depending on its own row.
@@ -231,9 +231,10 @@ def input_gradient_penalty(logit_fn, x, z):
     z: [B, D].
 
   Returns:
-    [B] squared gradient norms (gradients flow to the discriminator's parameters
-    through ``logit_fn``).
+    ([B] logits, [B] squared gradient norms); gradients flow to the discriminator's
+    parameters through both.
   """
-  grad_x, grad_z = jax.grad(lambda a, b: jnp.sum(logit_fn(a, b)), argnums=(0, 1))(x, z)
-  return (jnp.sum(jnp.square(grad_x).reshape(x.shape[0], -1), axis=1)
-          + jnp.sum(jnp.square(grad_z), axis=1))
+  logits, vjp = jax.vjp(logit_fn, x, z)
+  grad_x, grad_z = vjp(jnp.ones_like(logits))
+  return logits, (jnp.sum(jnp.square(grad_x).reshape(x.shape[0], -1), axis=1)
+                  + jnp.sum(jnp.square(grad_z), axis=1))

@@ -49,6 +49,7 @@ __all__ = [
     "coordinatewise_svgd_direction",
     "coordinate_bandwidths",
     "preconditioned_svgd_direction",
+    "kernel_svgd_direction",
     "tree_svgd_direction",
     "KERNELS",
 ]
@@ -141,14 +142,37 @@ def coordinate_bandwidths(particles, convention="liu_wang"):
                   in_axes=1)(particles)
 
 
+def kernel_svgd_direction(particles, scores, log_weights, bandwidth=None, convention="liu_wang",
+                          repulsion_scale=1.0, kernel="rbf"):
+  """The (weighted) direction of the kernel named by ``kernel``, with the bandwidth it used.
+
+  ``"rbf"``: :func:`weighted_svgd_direction` with a scalar bandwidth;
+  ``"coordinatewise"``: :func:`coordinatewise_svgd_direction` with [D] bandwidths. A
+  ``bandwidth`` of None is the median heuristic of ``particles`` (per coordinate for
+  the coordinatewise kernel).
+
+  Returns:
+    ([M, D] direction, bandwidth).
+  """
+  if kernel == "rbf":
+    bandwidth_fn, direction_fn = kernels.median_bandwidth, weighted_svgd_direction
+  elif kernel == "coordinatewise":
+    bandwidth_fn, direction_fn = coordinate_bandwidths, coordinatewise_svgd_direction
+  else:
+    raise ValueError(f"Unknown SVGD kernel {kernel!r}; expected one of {KERNELS}")
+  if bandwidth is None:
+    bandwidth = bandwidth_fn(particles, convention)
+  return (direction_fn(particles, scores, log_weights, bandwidth, convention, repulsion_scale),
+          bandwidth)
+
+
 def preconditioned_svgd_direction(particles, scores, log_weights, precision_cholesky,
                                   bandwidth=None, convention="liu_wang", repulsion_scale=1.0,
                                   kernel="rbf"):
   """(Weighted) SVGD direction for the kernel ``Q^-1 k(L^T x, L^T y)``, ``Q = L L^T``.
 
   ``phi(x_n) = L^-T sum_m w_m [k(u_m, u_n) L^-1 s_m + grad_{u_m} k(u_m, u_n)]`` with
-  ``u = L^T x``: :func:`weighted_svgd_direction` (or the coordinatewise one) run on
-  the whitened particles and scores.
+  ``u = L^T x``: :func:`kernel_svgd_direction` run on the whitened particles and scores.
 
   Args:
     particles: [M, D].
@@ -168,18 +192,8 @@ def preconditioned_svgd_direction(particles, scores, log_weights, precision_chol
   chol = jax.lax.stop_gradient(precision_cholesky)
   whitened = particles @ chol  # rows u_m = L^T x_m
   whitened_scores = jax.scipy.linalg.solve_triangular(chol, scores.T, lower=True).T
-  if kernel == "rbf":
-    if bandwidth is None:
-      bandwidth = kernels.median_bandwidth(whitened, convention)
-    direction = weighted_svgd_direction(whitened, whitened_scores, log_weights, bandwidth,
-                                        convention, repulsion_scale)
-  elif kernel == "coordinatewise":
-    if bandwidth is None:
-      bandwidth = coordinate_bandwidths(whitened, convention)
-    direction = coordinatewise_svgd_direction(whitened, whitened_scores, log_weights, bandwidth,
-                                              convention, repulsion_scale)
-  else:
-    raise ValueError(f"Unknown SVGD kernel {kernel!r}; expected one of {KERNELS}")
+  direction, bandwidth = kernel_svgd_direction(whitened, whitened_scores, log_weights, bandwidth,
+                                               convention, repulsion_scale, kernel)
   return jax.scipy.linalg.solve_triangular(chol.T, direction.T, lower=False).T, bandwidth
 
 

@@ -95,6 +95,8 @@ the base mean) and the gray input in [0, 1], the Bernoulli means the binary
 pixels were drawn from, so binarization noise does not set a floor on it.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -134,6 +136,12 @@ DISCRIMINATORS = {
     ("asvae", "r"): ("psi1",),
     ("asvae", "g"): ("psi2",),
     ("ali", None): ("psi",),
+}
+# Each discriminator's metric name and loss on (real logits, fake logits): (5.3), (5.4), (5.1).
+DISCRIMINATOR_LOSSES = {
+    "psi1": ("d1_loss", adversarial.psi1_loss),
+    "psi2": ("d2_loss", adversarial.psi2_loss),
+    "psi": ("d_loss", adversarial.ali_discriminator_loss),
 }
 
 
@@ -310,19 +318,17 @@ def make_method(config, spec):
         "psi": ((x_shown, z_encoder), (x_decoder, noise["z_prior"])),
     }
     for name in discriminators:
-      real, fake = (logit_of(disc_params, name, *pair) for pair in pairs[name])
-      if name == "psi1":
-        if contrast is not None:
-          real, fake = real + contrast["real"], fake + contrast["fake"]
-        losses["d1_loss"] = adversarial.psi1_loss(real, fake).mean()
-      elif name == "psi2":
-        losses["d2_loss"] = adversarial.psi2_loss(real, fake).mean()
-      else:
-        losses["d_loss"] = adversarial.ali_discriminator_loss(real, fake).mean()
+      logit_fn = functools.partial(logit_of, disc_params, name)
       if gradient_penalty:
-        logit_fn = lambda a, b, n=name: logit_of(disc_params, n, a, b)
-        penalties[f"{name}_grad_sq"] = jnp.mean(jnp.concatenate(
-            [adversarial.input_gradient_penalty(logit_fn, *pair) for pair in pairs[name]]))
+        (real, real_sq), (fake, fake_sq) = (
+            adversarial.logits_and_input_gradient_sq(logit_fn, *pair) for pair in pairs[name])
+        penalties[f"{name}_grad_sq"] = jnp.mean(jnp.concatenate([real_sq, fake_sq]))
+      else:
+        real, fake = (logit_fn(*pair) for pair in pairs[name])
+      if name == "psi1" and contrast is not None:
+        real, fake = real + contrast["real"], fake + contrast["fake"]
+      metric, loss_fn = DISCRIMINATOR_LOSSES[name]
+      losses[metric] = loss_fn(real, fake).mean()
     total = sum(losses.values()) + 0.5 * gradient_penalty * sum(penalties.values())
     return total, {**losses, **penalties}
 

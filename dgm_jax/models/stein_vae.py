@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dgm_jax import bounds, kernels, likelihoods, svgd
+from dgm_jax import bounds, likelihoods, svgd
 from dgm_jax.data import transforms
 from dgm_jax.eval import nll
 from dgm_jax.eval import posterior_shape as shape
@@ -132,22 +132,14 @@ def svgd_move(z, scores, step_size, log_weights=None, convention="liu_wang",
   """
   if log_weights is None:
     log_weights = jnp.zeros(z.shape[:2], z.dtype)  # uniform: (4.12)
-  if precision_cholesky is not None:
-    direction, bandwidth = jax.vmap(lambda *a: svgd.preconditioned_svgd_direction(
-        *a, convention=convention, repulsion_scale=repulsion_scale, kernel=kernel))(
-            z, scores, log_weights, precision_cholesky)
-    return (jax.lax.stop_gradient(z + step_size * direction),
-            jnp.mean(bandwidth.reshape(bandwidth.shape[0], -1), axis=1))
-  if kernel == "rbf":
-    bandwidth = jax.vmap(lambda p: kernels.median_bandwidth(p, convention))(z)
-    direction_fn = svgd.weighted_svgd_direction
-  elif kernel == "coordinatewise":
-    bandwidth = jax.vmap(lambda p: svgd.coordinate_bandwidths(p, convention))(z)  # [B, D]
-    direction_fn = svgd.coordinatewise_svgd_direction
+  settings = dict(convention=convention, repulsion_scale=repulsion_scale, kernel=kernel)
+  if precision_cholesky is None:
+    direction, bandwidth = jax.vmap(lambda *a: svgd.kernel_svgd_direction(*a, **settings))(
+        z, scores, log_weights)
   else:
-    raise ValueError(f"Unknown SVGD kernel {kernel!r}; expected one of {svgd.KERNELS}")
-  direction = jax.vmap(lambda *a: direction_fn(*a, repulsion_scale=repulsion_scale))(
-      z, scores, log_weights, bandwidth)
+    direction, bandwidth = jax.vmap(
+        lambda *a: svgd.preconditioned_svgd_direction(*a, **settings))(
+            z, scores, log_weights, precision_cholesky)
   return (jax.lax.stop_gradient(z + step_size * direction),
           jnp.mean(bandwidth.reshape(bandwidth.shape[0], -1), axis=1))
 

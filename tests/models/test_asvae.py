@@ -276,18 +276,20 @@ def test_decoded_x_is_checked():
   assert fashion_mnist.get_config().asvae.decoded_x == "sample"
 
 
-def test_input_gradient_penalty_of_a_linear_logit_is_its_squared_weights():
+def test_input_gradient_sq_of_a_linear_logit_is_its_squared_weights():
   w_x, w_z = jnp.array([0.5, -2.0, 1.0]), jnp.array([3.0, 0.25])
-  logit = lambda x, z: jnp.tanh(0.0 * x[:, 0]) + x @ w_x + z @ w_z + 1.0
+  logit = lambda x, z: x @ w_x + z @ w_z + 1.0
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
   z = jax.random.normal(jax.random.PRNGKey(1), (4, 2))
-  np.testing.assert_allclose(adversarial.input_gradient_penalty(logit, x, z),
-                             np.full(4, float(w_x @ w_x + w_z @ w_z)), rtol=1e-6)
+  logits, grad_sq = adversarial.logits_and_input_gradient_sq(logit, x, z)
+  np.testing.assert_allclose(logits, logit(x, z), rtol=1e-6)
+  np.testing.assert_allclose(grad_sq, np.full(4, float(w_x @ w_x + w_z @ w_z)), rtol=1e-6)
   # A per-example nonlinear logit, against one jax.grad per example.
   net = lambda x, z: jnp.sum(jnp.sin(x), axis=1) * jnp.sum(z**2, axis=1)
   expected = [sum(float(jnp.sum(g**2)) for g in jax.grad(
       lambda a, b: net(a[None], b[None])[0], argnums=(0, 1))(x[i], z[i])) for i in range(4)]
-  np.testing.assert_allclose(adversarial.input_gradient_penalty(net, x, z), expected, rtol=1e-5)
+  np.testing.assert_allclose(adversarial.logits_and_input_gradient_sq(net, x, z)[1], expected,
+                             rtol=1e-5)
 
 
 @pytest.mark.parametrize("method_name,variant", [("asvae", "full"), ("asvae", "g"),
