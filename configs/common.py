@@ -167,6 +167,10 @@ def asvae_section(method="asvae", smoke=False, paper=False, **overrides):
       # gamma of a penalty gamma/2 E|grad_(x,z) f|^2 on each discriminator's real and fake
       # pairs (adversarial.logits_and_input_gradient_sq); 0: the dissertation's discriminators
       disc_gradient_penalty=0.0,
+      # add log-mean-exp f on each discriminator's negative pairs to (5.14)
+      # (adversarial.negative_pair_term; the decoder's and encoder's missing gradients);
+      # False: the dissertation's loss
+      negative_pair_terms=False,
       learning_rate=1e-3, disc_learning_rate=1e-3, lr_schedule="constant",
       final_lr_fraction=1.0, adam_b1=0.5, adam_b2=0.999, adam_eps=1e-8,
       likelihood="bernoulli", dequantize=True))  # as in vae_section

@@ -203,6 +203,40 @@ def asvae_decoder_pair_term(log_qz_given_x, f_psi2):
   return log_qz_given_x - f_psi2
 
 
+def negative_pair_term(f_negatives):
+  """``log mean_i exp f(x_i, z_i)`` over a discriminator's negative pairs (not in the dissertation).
+
+  (5.14) holds the discriminators fixed, and its gradient then misses the
+  players that sit in the *denominators* of their optima (5.5). ``f_psi1* = log
+  q_phi(x, z) - log p_theta(x) p(z)`` holds the decoder in ``p_theta(x)``, and
+  ``f_psi2* = log p_theta(x, z) - log q(x) q_phi(z)`` holds the encoder in
+  ``q_phi(z)``. (The players in the numerators cost nothing: the expectation is
+  over the numerator itself, and ``E_q[d log q_phi] = 0``.) The missing
+  gradients are exact pathwise expectations over the negatives:
+
+    - of ``-E_q(x,z)[f_psi1*]`` in theta: ``E_q(x)[d log p_theta(x)] =
+      d_theta E[exp f_psi1*(x_theta(z', xi), z)]`` over (5.3)'s negatives,
+      since ``q(x) / p_theta(x) = E_p(z)[exp f_psi1*(x, z)]``;
+    - of ``-E_p(x,z)[f_psi2*]`` in phi: ``E_p(z)[d log q_phi(z)] =
+      d_phi E[exp f_psi2*(x, z_phi(x', eps))]`` over (5.4)'s negatives,
+      since ``p(z) / q_phi(z) = E_q(x)[exp f_psi2*(x, z)]``.
+
+  At the optimum ``E[exp f*] = 1`` over the negatives. This term divides by the
+  batch's own estimate of it: ``log mean exp f``, whose gradient is
+  ``sum_i softmax(f)_i grad f_i``. That is the same gradient at the optimum. Away
+  from it, the total weight stays 1 where a saturated discriminator gives
+  ``exp f ~ 0``.
+  Added to (5.14) (to maximize), with the discriminator's parameters fixed.
+
+  Args:
+    f_negatives: [B] logits on the negative pairs, differentiable in the player.
+
+  Returns:
+    Scalar.
+  """
+  return jax.nn.logsumexp(f_negatives) - jnp.log(f_negatives.shape[0])
+
+
 def optimal_logit(log_p_real, log_p_fake):
   """The optimal discriminator logit of Lemma 7: ``log p_real - log p_fake``.
 

@@ -305,3 +305,113 @@ def _assert_stationary(loss, f_real, f_fake):
                                             (d_real * f_real, d_fake * f_fake)]):
     stderr = np.sqrt(np.var(real) / real.size + np.var(fake) / fake.size)
     assert abs(grad[component]) <= 5 * stderr + 1e-12
+
+
+# A linear-Gaussian toy with offsets, as a function of the players' parameters:
+# q(x) = N(m, v) data, p(z) = N(0, 1), decoder p_theta(x|z) = N(a z + b, s^2),
+# encoder q_phi(z|x) = N(c x + d, t^2); theta = (a, b, log s), phi = (c, d, log t).
+DATA_MEAN, DATA_VAR = 1.5, 0.8
+
+
+def _gaussian_cross_entropy(mean1, cov1, mean2, cov2):
+  """E_{y ~ N(mean1, cov1)} log N(y; mean2, cov2), in closed form."""
+  diff = mean1 - mean2
+  dim = mean1.shape[0]
+  return -0.5 * (dim * jnp.log(2 * jnp.pi) + jnp.linalg.slogdet(cov2)[1]
+                 + jnp.trace(jnp.linalg.solve(cov2, cov1)) + diff @ jnp.linalg.solve(cov2, diff))
+
+
+def _toy_joints(theta, phi):
+  (a, b, log_s), (c, d, log_t) = theta, phi
+  s2, t2 = jnp.exp(2 * log_s), jnp.exp(2 * log_t)
+  m, v = DATA_MEAN, DATA_VAR
+  decoder = (jnp.array([b, 0.0]), jnp.array([[a * a + s2, a], [a, 1.0]]))  # p_theta(x, z)
+  encoder = (jnp.array([m, c * m + d]), jnp.array([[v, c * v], [c * v, c * c * v + t2]]))
+  return decoder, encoder
+
+
+def _asvae_objective(theta, phi):
+  """(5.14) at the optimal discriminators, in closed form (the truth for its gradient):
+  ``L_VAEx + L_VAEz = E_q(x) log p_theta(x) - KL(q || p) + E_p(z) log q_phi(z) - KL(p || q)``."""
+  decoder, encoder = _toy_joints(theta, phi)
+  ce = _gaussian_cross_entropy
+  marginal = lambda joint, i: (joint[0][i:i + 1], joint[1][i:i + 1, i:i + 1])
+  l_vaex = (ce(*encoder, *decoder) - ce(*encoder, *encoder)
+            + ce(*marginal(encoder, 0), *marginal(decoder, 0)))
+  l_vaez = (ce(*decoder, *encoder) - ce(*decoder, *decoder)
+            + ce(*marginal(decoder, 1), *marginal(encoder, 1)))
+  return l_vaex + l_vaez
+
+
+def _toy_estimate(theta, phi, noise, negatives):
+  """The AS-VAE surrogate of (5.14) on samples, with the discriminators at their optima
+  (5.5) for the current players but held fixed, as in training."""
+  frozen_decoder, frozen_encoder = jax.lax.stop_gradient(_toy_joints(theta, phi))
+
+  def log_density(joint, x, z, which=None):
+    mean, cov = joint
+    if which is None:
+      return jax.scipy.stats.multivariate_normal.logpdf(jnp.stack([x, z], -1), mean, cov)
+    y = x if which == 0 else z
+    return jax.scipy.stats.norm.logpdf(y, mean[which], jnp.sqrt(cov[which, which]))
+
+  def f_psi1(x, z):  # log q(x, z) - log p(x) p(z)
+    return (log_density(frozen_encoder, x, z) - log_density(frozen_decoder, x, z, 0)
+            - log_density(frozen_decoder, x, z, 1))
+
+  def f_psi2(x, z):  # log p(x, z) - log q(x) q(z)
+    return (log_density(frozen_decoder, x, z) - log_density(frozen_encoder, x, z, 0)
+            - log_density(frozen_encoder, x, z, 1))
+
+  (a, b, log_s), (c, d, log_t) = theta, phi
+  x = DATA_MEAN + jnp.sqrt(DATA_VAR) * noise[0]
+  z_encoder = c * x + d + jnp.exp(log_t) * noise[1]
+  z_prior, z_independent = noise[2], noise[3]
+  x_decoder = a * z_prior + b + jnp.exp(log_s) * noise[4]
+  norm = jax.scipy.stats.norm.logpdf
+  encoder_pairs = adversarial.asvae_encoder_pair_term(
+      norm(x, a * z_encoder + b, jnp.exp(log_s)), f_psi1(x, z_encoder))
+  decoder_pairs = adversarial.asvae_decoder_pair_term(
+      norm(z_prior, c * x_decoder + d, jnp.exp(log_t)), f_psi2(x_decoder, z_prior))
+  total = jnp.mean(encoder_pairs) + jnp.mean(decoder_pairs)
+  if negatives:  # (5.3)'s and (5.4)'s negative pairs, as in models.asvae
+    total = (total + adversarial.negative_pair_term(f_psi1(x_decoder, z_independent))
+             + adversarial.negative_pair_term(f_psi2(x, jnp.roll(z_encoder, 1))))
+  return total
+
+
+class TestNegativePairTerm:
+
+  @pytest.mark.parametrize("theta, phi", [
+      # q_phi(z) wider than half of p(z)'s variance and p_theta(x) than half of q(x)'s, so
+      # the negatives' weights exp f* have finite variance and the standard error means it
+      ((0.7, -0.4, np.log(0.6)), (0.3, 0.0, np.log(1.2))),
+      ((-1.2, 2.0, np.log(1.3)), (-0.5, -0.3, np.log(1.1))),
+  ])
+  def test_surrogate_gradient_is_the_objectives_with_negative_pairs(self, theta, phi):
+    theta, phi = jnp.array(theta), jnp.array(phi)
+    truth = np.concatenate(jax.grad(_asvae_objective, argnums=(0, 1))(theta, phi))
+    grad = jax.jit(jax.grad(_toy_estimate, argnums=(0, 1)), static_argnums=3)
+    seeds = 8
+
+    def estimates(negatives):
+      return np.stack([np.concatenate(grad(theta, phi, jax.random.normal(
+          jax.random.PRNGKey(seed), (5, 50_000), jnp.float64), negatives))
+                       for seed in range(seeds)])
+
+    for negatives in (True, False):
+      draws = estimates(negatives)
+      error = np.abs(draws.mean(0) - truth)
+      stderr = draws.std(0, ddof=1) / np.sqrt(seeds)
+      if negatives:
+        np.testing.assert_array_less(error, 5 * stderr + 1e-3)
+      else:  # the dissertation's surrogate misses the decoder's p_theta(x) and the
+        # encoder's q_phi(z): the decoder's offset b and the encoder's d are off
+        assert error[1] > 10 * stderr[1] + 0.05 and error[4] > 10 * stderr[4] + 0.05
+
+  def test_is_the_log_mean_exp_and_finite_for_large_logits(self):
+    f = jnp.array([1e4, 1e4 - 1.0, -1e4], jnp.float32)
+    np.testing.assert_allclose(adversarial.negative_pair_term(f),
+                               1e4 + np.log1p(np.exp(-1.0)) - np.log(3.0), rtol=1e-6)
+    grad = jax.grad(adversarial.negative_pair_term)(f)
+    np.testing.assert_allclose(grad, special.softmax(np.asarray(f, np.float64)), atol=1e-6)

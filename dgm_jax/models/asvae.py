@@ -79,6 +79,17 @@ integrand minus g. This is the "adaptive contrast" of adversarial variational
 Bayes (Mescheder et al., 2017) with the encoder as the contrast; it affects the
 terms of f_psi1 only (AS-VAE full and -r, not -g).
 
+Negative-pair terms (``negative_pair_terms=True``; not in the dissertation, off by
+default). Holding the discriminators fixed, the gradient of (5.14) misses the
+players in the denominators of the optima (5.5): the decoder's ``p_theta(x)`` in
+f_psi1* and the encoder's ``q_phi(z)`` in f_psi2*. Both missing parts are
+pathwise expectations over the discriminators' own negatives. With the option on,
+the loss adds ``log mean exp f`` over the negatives of (5.3), which reaches the
+decoder through its images, and of (5.4), which reaches the encoder through its
+codes (``adversarial.negative_pair_term``). ``tests/test_adversarial.py`` checks on a
+Gaussian toy that the surrogate's gradient then equals the closed-form gradient
+of (5.14), and that without it the offsets' gradients are wrong.
+
 Planar flows are not invertible in closed form, but the decoder-pair term needs
 ``log q_phi(z|x)`` at a prior draw z; ``flows.planar_flow_stack_inverse`` inverts each
 layer by bisection on its scalar equation, and one Newton step at the root
@@ -145,7 +156,8 @@ DISCRIMINATOR_LOSSES = {
 }
 
 
-def asvae_generator_loss(encoder_pair_terms, decoder_pair_terms, variant):
+def asvae_generator_loss(encoder_pair_terms, decoder_pair_terms, variant,
+                         psi1_negatives=None, psi2_negatives=None):
   """The encoder/decoder loss of (5.16): minus (5.14), or one half of it.
 
   Args:
@@ -155,6 +167,10 @@ def asvae_generator_loss(encoder_pair_terms, decoder_pair_terms, variant):
       (``adversarial.asvae_decoder_pair_term``), or None for variant 'r'.
     variant: 'full' (both halves), 'r' (encoder pairs only, L_VAEx of (5.12))
       or 'g' (decoder pairs only, L_VAEz of (5.13)); the unused half is ignored.
+    psi1_negatives, psi2_negatives: None (the dissertation's loss), or [B] logits
+      of f_psi1 / f_psi2 on their negative pairs, whose
+      ``adversarial.negative_pair_term`` each half then adds to (5.14)
+      (``negative_pair_terms=True``).
 
   Returns:
     Scalar loss: minus the batch mean of the used terms.
@@ -164,8 +180,12 @@ def asvae_generator_loss(encoder_pair_terms, decoder_pair_terms, variant):
   loss = 0.0
   if variant in ("full", "r"):
     loss = loss - jnp.mean(encoder_pair_terms)
+    if psi1_negatives is not None:
+      loss = loss - adversarial.negative_pair_term(psi1_negatives)
   if variant in ("full", "g"):
     loss = loss - jnp.mean(decoder_pair_terms)
+    if psi2_negatives is not None:
+      loss = loss - adversarial.negative_pair_term(psi2_negatives)
   return loss
 
 
@@ -224,6 +244,8 @@ def make_method(config, spec):
   # f_psi1 = [log q_phi(z|x) - log p(z)] + g_psi1(x, z) (see the module docstring).
   explicit_contrast = bool(section.get("explicit_contrast", False)) and method_name == "asvae"
   gradient_penalty = section.get("disc_gradient_penalty", 0.0)  # gamma; 0: the dissertation's
+  # adversarial.negative_pair_term in (5.14); False: the dissertation's loss
+  negative_pairs = bool(section.get("negative_pair_terms", False)) and method_name == "asvae"
   eval_seed = config.eval.binarization_seed
 
   encoder = encoder_net(section, spec)
@@ -332,8 +354,14 @@ def make_method(config, spec):
     total = sum(losses.values()) + 0.5 * gradient_penalty * sum(penalties.values())
     return total, {**losses, **penalties}
 
-  def generator_loss(gen_params, disc_params, x_fit, x_shown, noise):
-    """Minus (5.14) (AS-VAE) or the ALI generator loss, through reparametrized samples."""
+  def generator_loss(gen_params, disc_params, x_fit, x_shown, noise, contrast=None):
+    """Minus (5.14) (AS-VAE) or the ALI generator loss, through reparametrized samples.
+
+    With ``negative_pair_terms`` the logits on each discriminator's negatives feed
+    ``adversarial.negative_pair_term``: the decoder's images with independent prior
+    codes for f_psi1 (its explicit part, a weight here, from ``contrast``), the data
+    with another example's encoder code for f_psi2.
+    """
     params = {**gen_params, **disc_params}
     z_encoder, x_decoder, log_qz_encoder = draw_pairs(params, x_fit, noise, with_log_q=True)
     if method_name == "ali":
@@ -343,6 +371,7 @@ def make_method(config, spec):
           non_saturating=section.non_saturating).mean()
       return loss, {}
     metrics, encoder_terms, decoder_terms = {}, None, None
+    negatives = {"psi1_negatives": None, "psi2_negatives": None}
     if "psi1" in params:
       log_px_given_z = pixel_log_prob(x_fit, decode(params, z_encoder), likelihood,
                                       train_continuous)
@@ -352,6 +381,12 @@ def make_method(config, spec):
       encoder_terms = adversarial.asvae_encoder_pair_term(log_px_given_z, f_psi1)
       metrics.update(log_px_given_z=log_px_given_z.mean(), lvaex_nats=encoder_terms.mean(),
                      f_psi1=f_psi1.mean())
+      if negative_pairs:
+        f_neg = logit_of(params, "psi1", x_decoder, noise["z_independent"])
+        if contrast is not None:
+          f_neg = f_neg + contrast["fake"]
+        negatives["psi1_negatives"] = f_neg
+        metrics["psi1_negative_term"] = adversarial.negative_pair_term(f_neg)
     metrics.update(log_qz_encoder=log_qz_encoder.mean(),
                    explicit_kl=(log_qz_encoder - log_prior(z_encoder)).mean())
     if "psi2" in params:
@@ -359,7 +394,11 @@ def make_method(config, spec):
       decoder_terms = adversarial.asvae_decoder_pair_term(
           log_qz_given_x, logit_of(params, "psi2", x_decoder, noise["z_prior"]))
       metrics.update(log_qz_given_x=log_qz_given_x.mean(), lvaez_nats=decoder_terms.mean())
-    return asvae_generator_loss(encoder_terms, decoder_terms, variant), metrics
+      if negative_pairs:
+        f_neg = logit_of(params, "psi2", x_shown, jnp.roll(z_encoder, 1, axis=0))
+        negatives["psi2_negatives"] = f_neg
+        metrics["psi2_negative_term"] = adversarial.negative_pair_term(f_neg)
+    return asvae_generator_loss(encoder_terms, decoder_terms, variant, **negatives), metrics
 
   def init(key, batch):
     keys = jax.random.split(key, len(players) + 1)
@@ -411,7 +450,7 @@ def make_method(config, spec):
 
     disc_params = {name: params[name] for name in discriminators}
     (loss, gen_metrics), gen_grads = jax.value_and_grad(generator_loss, has_aux=True)(
-        gen_params, disc_params, x_fit, x_shown, noise)
+        gen_params, disc_params, x_fit, x_shown, noise, contrast)
     update(params, opt_state, gen_grads)
 
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(gen_grads),
@@ -517,6 +556,9 @@ def _check(section, spec, method_name):
   if not section.get("disc_gradient_penalty", 0.0) >= 0:
     raise ValueError(f"disc_gradient_penalty={section.disc_gradient_penalty!r} must be >= 0 "
                      "(0: no penalty, the dissertation's discriminators)")
+  if method_name == "ali" and section.get("negative_pair_terms", False):
+    raise ValueError("ali.negative_pair_terms applies to the AS-VAE's (5.14) only; ALI's "
+                     "generator loss (5.1) has no density-ratio discriminator")
   decoded_x = section.get("decoded_x", "sample")
   if decoded_x not in DECODED_X:
     raise ValueError(f"decoded_x={decoded_x!r}; choose one of {DECODED_X}")

@@ -322,3 +322,37 @@ def test_disc_gradient_penalty_enters_only_the_discriminators_step(method_name, 
   config[method_name].disc_gradient_penalty = -1.0
   with pytest.raises(ValueError, match="disc_gradient_penalty=-1.0 must be >= 0"):
     asvae.make_method(config, spec)
+
+
+@pytest.mark.parametrize("variant", asvae.VARIANTS)
+def test_negative_pair_terms_add_their_log_mean_exp_to_the_generator_loss_only(variant):
+  """negative_pair_terms=True subtracts adversarial.negative_pair_term of f_psi1 (variants
+  full, r) and f_psi2 (full, g) on their negative pairs from the loss of (5.16); the
+  discriminators' step is the dissertation's."""
+  data, method = _digits_method("asvae", variant)
+  config = mnist.get_config("smoke")
+  config.method = "asvae"
+  config.asvae.variant = variant
+  config.asvae.negative_pair_terms = True
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
+  with_terms = asvae.make_method(config, spec)
+  batch = pipeline.get_batch(data, "train", 0, 8, 0)
+  state = method.init(jax.random.PRNGKey(0), batch)
+  plain_state, plain = jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(1))
+  new_state, metrics = jax.jit(with_terms.train_step)(state, batch, jax.random.PRNGKey(1))
+  names = [f"{n}_negative_term" for n in asvae.DISCRIMINATORS[("asvae", variant)]]
+  assert sorted(k for k in metrics if k.endswith("_negative_term")) == sorted(names)
+  assert not any(k.endswith("_negative_term") for k in plain)
+  terms = sum(float(metrics[n]) for n in names)
+  assert abs(terms) > 1e-3  # the check below can fail
+  np.testing.assert_allclose(metrics["loss"], plain["loss"] - terms, rtol=1e-5, atol=1e-4)
+  # f_psi1's negatives reach the decoder (its images), f_psi2's the encoder (its codes);
+  # every other player's update is the dissertation's, bit for bit.
+  reached = {"full": ("encoder", "decoder"), "r": ("decoder",), "g": ("encoder",)}[variant]
+  for name in ("encoder", "decoder") + asvae.DISCRIMINATORS[("asvae", variant)]:
+    differs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.any(a != b)), plain_state.params[name], new_state.params[name]))
+    assert any(differs) == (name in reached), name
+  config.method, config.ali.negative_pair_terms = "ali", True
+  with pytest.raises(ValueError, match="applies to the AS-VAE's"):
+    asvae.make_method(config, spec)
