@@ -327,11 +327,9 @@ def make_method(config, spec):
     dequantized = transforms.uniform_dequantize(key, gray, likelihoods.NUM_BINS)
     return (dequantized if train_continuous else gray), dequantized
 
-  def discriminator_loss(disc_params, x_shown, z_encoder, x_decoder, noise, contrast=None):
-    """Sum over discriminators of their mean losses (5.3), (5.4) or (5.1), plus
-    ``disc_gradient_penalty / 2`` times their mean squared input gradients; and metrics."""
-    losses, penalties = {}, {}
-    pairs = {  # (real pairs, fake pairs) of each discriminator
+  def discriminator_pairs(x_shown, z_encoder, x_decoder, noise):
+    """(real pairs, fake pairs) of each discriminator, each pair (x [B, P], z [B, D])."""
+    return {
         # psi1 real: encoder pairs; fake: decoded x with an independent z
         "psi1": ((x_shown, z_encoder), (x_decoder, noise["z_independent"])),
         # psi2 real: decoder pairs; fake: data x with another example's code
@@ -339,6 +337,12 @@ def make_method(config, spec):
         # ALI's psi real: encoder pairs; fake: decoder pairs
         "psi": ((x_shown, z_encoder), (x_decoder, noise["z_prior"])),
     }
+
+  def discriminator_loss(disc_params, x_shown, z_encoder, x_decoder, noise, contrast=None):
+    """Sum over discriminators of their mean losses (5.3), (5.4) or (5.1), plus
+    ``disc_gradient_penalty / 2`` times their mean squared input gradients; and metrics."""
+    losses, penalties = {}, {}
+    pairs = discriminator_pairs(x_shown, z_encoder, x_decoder, noise)
     for name in discriminators:
       logit_fn = functools.partial(logit_of, disc_params, name)
       if gradient_penalty:
@@ -372,6 +376,8 @@ def make_method(config, spec):
       return loss, {}
     metrics, encoder_terms, decoder_terms = {}, None, None
     negatives = {"psi1_negatives": None, "psi2_negatives": None}
+    fakes = {name: fake for name, (_, fake) in
+             discriminator_pairs(x_shown, z_encoder, x_decoder, noise).items()}
     if "psi1" in params:
       log_px_given_z = pixel_log_prob(x_fit, decode(params, z_encoder), likelihood,
                                       train_continuous)
@@ -382,7 +388,7 @@ def make_method(config, spec):
       metrics.update(log_px_given_z=log_px_given_z.mean(), lvaex_nats=encoder_terms.mean(),
                      f_psi1=f_psi1.mean())
       if negative_pairs:
-        f_neg = logit_of(params, "psi1", x_decoder, noise["z_independent"])
+        f_neg = logit_of(params, "psi1", *fakes["psi1"])
         if contrast is not None:
           f_neg = f_neg + contrast["fake"]
         negatives["psi1_negatives"] = f_neg
@@ -395,7 +401,7 @@ def make_method(config, spec):
           log_qz_given_x, logit_of(params, "psi2", x_decoder, noise["z_prior"]))
       metrics.update(log_qz_given_x=log_qz_given_x.mean(), lvaez_nats=decoder_terms.mean())
       if negative_pairs:
-        f_neg = logit_of(params, "psi2", x_shown, jnp.roll(z_encoder, 1, axis=0))
+        f_neg = logit_of(params, "psi2", *fakes["psi2"])
         negatives["psi2_negatives"] = f_neg
         metrics["psi2_negative_term"] = adversarial.negative_pair_term(f_neg)
     return asvae_generator_loss(encoder_terms, decoder_terms, variant, **negatives), metrics
