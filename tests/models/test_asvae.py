@@ -292,23 +292,29 @@ def test_input_gradient_sq_of_a_linear_logit_is_its_squared_weights():
                              rtol=1e-5)
 
 
+def _step_with_and_without(method_name, variant, **overrides):
+  """One train step from the same state and key, with the smoke config and with ``overrides``
+  set in its section: (config, spec, (state, metrics) without, (state, metrics) with)."""
+  data, method = _digits_method(method_name, variant)
+  config = mnist.get_config("smoke")
+  config.method = method_name
+  config.asvae.variant = variant
+  config[method_name].update(overrides)
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
+  changed = asvae.make_method(config, spec)
+  batch = pipeline.get_batch(data, "train", 0, 8, 0)
+  state = method.init(jax.random.PRNGKey(0), batch)
+  return (config, spec, jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(1)),
+          jax.jit(changed.train_step)(state, batch, jax.random.PRNGKey(1)))
+
+
 @pytest.mark.parametrize("method_name,variant", [("asvae", "full"), ("asvae", "g"),
                                                  ("ali", "full")])
 def test_disc_gradient_penalty_enters_only_the_discriminators_step(method_name, variant):
   """gamma > 0 changes each discriminator's update by gamma / 2 times its mean squared input
   gradient (reported as <name>_grad_sq); gamma = 0 is the dissertation's step."""
-  data, method = _digits_method(method_name, variant)
-  config = mnist.get_config("smoke")
-  config.method = method_name
-  config[method_name].disc_gradient_penalty = 10.0
-  if method_name == "asvae":
-    config.asvae.variant = variant
-  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
-  penalized = asvae.make_method(config, spec)
-  batch = pipeline.get_batch(data, "train", 0, 8, 0)
-  state = method.init(jax.random.PRNGKey(0), batch)
-  plain_state, plain_metrics = jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(1))
-  new_state, metrics = jax.jit(penalized.train_step)(state, batch, jax.random.PRNGKey(1))
+  config, spec, (plain_state, plain_metrics), (new_state, metrics) = _step_with_and_without(
+      method_name, variant, disc_gradient_penalty=10.0)
   names = asvae.DISCRIMINATORS[(method_name, variant if method_name == "asvae" else None)]
   for name in names:
     assert f"{name}_grad_sq" in metrics and f"{name}_grad_sq" not in plain_metrics
@@ -329,17 +335,8 @@ def test_negative_pair_terms_add_their_log_mean_exp_to_the_generator_loss_only(v
   """negative_pair_terms=True subtracts adversarial.negative_pair_term of f_psi1 (variants
   full, r) and f_psi2 (full, g) on their negative pairs from the loss of (5.16); the
   discriminators' step is the dissertation's."""
-  data, method = _digits_method("asvae", variant)
-  config = mnist.get_config("smoke")
-  config.method = "asvae"
-  config.asvae.variant = variant
-  config.asvae.negative_pair_terms = True
-  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
-  with_terms = asvae.make_method(config, spec)
-  batch = pipeline.get_batch(data, "train", 0, 8, 0)
-  state = method.init(jax.random.PRNGKey(0), batch)
-  plain_state, plain = jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(1))
-  new_state, metrics = jax.jit(with_terms.train_step)(state, batch, jax.random.PRNGKey(1))
+  config, spec, (plain_state, plain), (new_state, metrics) = _step_with_and_without(
+      "asvae", variant, negative_pair_terms=True)
   names = [f"{n}_negative_term" for n in asvae.DISCRIMINATORS[("asvae", variant)]]
   assert sorted(k for k in metrics if k.endswith("_negative_term")) == sorted(names)
   assert not any(k.endswith("_negative_term") for k in plain)
