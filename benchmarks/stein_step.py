@@ -8,7 +8,9 @@ coordinatewise kernel with all M particles only) and of ``stein_vae.precondition
 (``gauss_newton`` with the RBF kernel and all M particles only), the seconds of the
 decoder scores alone (``grad_z log p(x, z)`` for the same B x M codes: the part no
 implementation of this algorithm can skip), and their ratio, all measured in the same
-run with interleaved repeats; then, under ``svgd_vs_numpyro``, our SVGD against
+run with interleaved repeats. ``step_over_scores_flops`` is the same ratio in the
+floating-point operations XLA's cost analysis counts in the two compiled functions:
+the time ratio a step would have if both ran at the same FLOP rate; then, under ``svgd_vs_numpyro``, our SVGD against
 numpyro's on the bimodal toy posterior (``benchmarks/svgd_gmm.py``).
 
   python benchmarks/stein_step.py [--particles 10,20,50,100 --batch 64 --repeats 10
@@ -64,7 +66,17 @@ def build(num_particles, batch_size, grad_particles=0, kernel="rbf", preconditio
 
   x = transforms.fixed_binarize(batch["x"].reshape(batch_size, -1))
   z = jax.random.normal(jax.random.PRNGKey(2), (batch_size, num_particles, section.latent_dim))
-  return (lambda: step(state, batch, jax.random.PRNGKey(3))), (lambda: scores_only(x, z))
+  step_args, scores_args = (state, batch, jax.random.PRNGKey(3)), (x, z)
+  flops_ratio = compiled_flops(step, *step_args) / compiled_flops(scores_only, *scores_args)
+  return (lambda: step(*step_args)), (lambda: scores_only(*scores_args)), flops_ratio
+
+
+def compiled_flops(jitted, *args):
+  """The floating-point operations XLA's cost analysis counts in one call of ``jitted``."""
+  cost = jitted.lower(*args).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # one entry per computation in older jax
+    cost = cost[0]
+  return float(cost["flops"])
 
 
 def timed(fn):
@@ -100,8 +112,8 @@ def main():
     for kernel, grad_particles, preconditioner in settings:
       if grad_particles > num_particles:
         continue
-      step_fn, scores_fn = build(num_particles, args.batch, grad_particles, kernel,
-                                 preconditioner)
+      step_fn, scores_fn, flops_ratio = build(num_particles, args.batch, grad_particles, kernel,
+                                              preconditioner)
       timed(step_fn), timed(scores_fn)  # compile
       step_s, scores_s = [], []
       for _ in range(args.repeats):
@@ -113,7 +125,8 @@ def main():
                    "decoder_grad_particles": grad_particles,
                    "step_ms": round(step_med * 1e3, 3),
                    "decoder_scores_ms": round(scores_med * 1e3, 3),
-                   "step_over_scores": round(step_med / scores_med, 3)})
+                   "step_over_scores": round(step_med / scores_med, 3),
+                   "step_over_scores_flops": round(flops_ratio, 3)})
   comparison = None
   if not args.no_numpyro:
     comparison = svgd_gmm.compare(args.svgd_particles, args.svgd_iters)

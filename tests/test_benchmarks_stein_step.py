@@ -44,6 +44,8 @@ def test_tiny_run_prints_one_json_line(tmp_path):
     assert row["step_ms"] > 0 and row["decoder_scores_ms"] > 0
     assert math.isclose(row["step_over_scores"], row["step_ms"] / row["decoder_scores_ms"],
                         rel_tol=0.01)
+    # The step contains the scores' work and more (the decoder's and encoder's gradients).
+    assert row["step_over_scores_flops"] > 1.0, row
   comparison = result["svgd_vs_numpyro"]
   if not HAS_NUMPYRO:
     assert comparison is None
@@ -60,3 +62,15 @@ def test_tiny_run_prints_one_json_line(tmp_path):
     assert comparison[key] > 0, key
   for key in ("ours_process_mmd", "numpyro_run_process_mmd"):
     assert math.isfinite(comparison[key]), key
+
+
+def test_compiled_flops_counts_a_matmul_as_2mnk():
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  try:
+    import stein_step  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  a, b = jnp.ones((8, 16)), jnp.ones((16, 4))
+  assert stein_step.compiled_flops(jax.jit(lambda p, q: p @ q), a, b) == 2 * 8 * 16 * 4
