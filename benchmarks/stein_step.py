@@ -10,8 +10,9 @@ decoder scores alone (``grad_z log p(x, z)`` for the same B x M codes: the part 
 implementation of this algorithm can skip), and their ratio, all measured in the same
 run with interleaved repeats. ``step_over_scores_flops`` is the same ratio in the
 floating-point operations XLA's cost analysis counts in the two compiled functions:
-the time ratio a step would have if both ran at the same FLOP rate; then, under ``svgd_vs_numpyro``, our SVGD against
-numpyro's on the bimodal toy posterior (``benchmarks/svgd_gmm.py``).
+the time ratio a step would have if both ran at the same FLOP rate. Then, under
+``svgd_vs_numpyro``, our SVGD against numpyro's on the bimodal toy posterior
+(``benchmarks/svgd_gmm.py``).
 
   python benchmarks/stein_step.py [--particles 10,20,50,100 --batch 64 --repeats 10
                                    --kernels rbf,coordinatewise

@@ -204,7 +204,7 @@ def asvae_decoder_pair_term(log_qz_given_x, f_psi2):
 
 
 def negative_pair_term(f_negatives):
-  """``log mean_i exp f(x_i, z_i)`` over a discriminator's negative pairs (not in the dissertation).
+  """``log mean_i exp f(x_i, z_i)`` over a discriminator's negatives (not in the dissertation).
 
   (5.14) holds the discriminators fixed, and its gradient then misses the
   players that sit in the *denominators* of their optima (5.5). ``f_psi1* = log

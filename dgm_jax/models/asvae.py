@@ -376,8 +376,9 @@ def make_method(config, spec):
       return loss, {}
     metrics, encoder_terms, decoder_terms = {}, None, None
     negatives = {"psi1_negatives": None, "psi2_negatives": None}
-    fakes = {name: fake for name, (_, fake) in
-             discriminator_pairs(x_shown, z_encoder, x_decoder, noise).items()}
+    if negative_pairs:
+      fakes = {name: fake for name, (_, fake) in
+               discriminator_pairs(x_shown, z_encoder, x_decoder, noise).items()}
     if "psi1" in params:
       log_px_given_z = pixel_log_prob(x_fit, decode(params, z_encoder), likelihood,
                                       train_continuous)
