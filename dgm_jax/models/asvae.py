@@ -245,7 +245,7 @@ def make_method(config, spec):
   explicit_contrast = bool(section.get("explicit_contrast", False)) and method_name == "asvae"
   gradient_penalty = section.get("disc_gradient_penalty", 0.0)  # gamma; 0: the dissertation's
   # adversarial.negative_pair_term in (5.14); False: the dissertation's loss
-  negative_pairs = bool(section.get("negative_pair_terms", False)) and method_name == "asvae"
+  negative_pairs = bool(section.get("negative_pair_terms", False))  # _check: AS-VAE only
   eval_seed = config.eval.binarization_seed
 
   encoder = encoder_net(section, spec)
