@@ -85,7 +85,7 @@ def make_config(args):
                         eval_every=log_every + args.steps, ckpt_every=log_every + args.steps)
     # The end-of-run evaluation is not timed; keep it short.
     config.eval.update(num_importance_samples=1, valid_importance_samples=0,
-                       max_valid_examples=config.eval.batch_size)
+                       max_valid_examples=config.eval.batch_size, num_score_samples=0)
   return config
 
 

@@ -191,3 +191,26 @@ def test_loop_writes_sample_scores_to_results(tmp_path, monkeypatch):
   assert 0 <= results["classifier_accuracy"] <= 1
   assert results["classifier"].startswith("project:digits_")
   assert results["num_score_samples"] == 40
+
+
+@pytest.mark.slow
+def test_loop_without_score_samples_trains_no_classifier(tmp_path, monkeypatch):
+  """``eval.num_score_samples=0`` skips the score, and with it the classifier's training
+  (a fresh machine's first evaluation would otherwise train one)."""
+  from configs import mnist
+  from dgm_jax.train import loop
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("trained a classifier for a run that scores no samples")
+
+  monkeypatch.setenv(classifier.CACHE_DIR_ENV, str(tmp_path / "cache"))
+  monkeypatch.setattr(classifier, "train_classifier", no_training)
+  config = mnist.get_config("smoke")
+  config.data.name = "digits"
+  config.train.update(num_steps=10, eval_every=10, ckpt_every=10, log_every=10,
+                      tensorboard=False)
+  config.eval.update(num_score_samples=0)
+  results = loop.run(config, str(tmp_path / "run"), "vae")
+  assert "classifier_score" not in results and "classifier" not in results
+  assert 0 < results["rmse"] < 1  # the other section-5.3 score is still there
+  assert not (tmp_path / "cache").exists()

@@ -269,9 +269,12 @@ class _Trainer:
     return results
 
   def _resolve_classifier(self):
-    """``(probs_fn, name)`` of ``eval.classifier`` for labelled images, else None."""
+    """``(probs_fn, name)`` of ``eval.classifier`` for labelled images, else None (also
+    when ``eval.num_score_samples`` is 0: no score, so no classifier to train)."""
     data = self.data
     if data.num_levels is None or len(data.shape) != 3 or data.labels["test"] is None:
+      return None
+    if self.config.eval.get("num_score_samples", 10_000) <= 0:
       return None
     try:
       return classifier.resolve_classifier(
