@@ -10,7 +10,11 @@ decoder scores alone (``grad_z log p(x, z)`` for the same B x M codes: the part 
 implementation of this algorithm can skip), and their ratio, all measured in the same
 run with interleaved repeats. ``step_over_scores_flops`` is the same ratio in the
 floating-point operations XLA's cost analysis counts in the two compiled functions:
-the time ratio a step would have if both ran at the same FLOP rate. Then, under
+the time ratio a step would have if both ran at the same FLOP rate. The count is a
+lower bound on the step's: XLA counts a loop body once, not once per iteration (the
+bisection median's 32 passes, the scan of ``encoder_steps > 1``), and a custom call
+such as the CPU Cholesky of the preconditioned step not at all. So it is meant for the
+RBF rows without a preconditioner, whose only loop is the bandwidth's median. Then, under
 ``svgd_vs_numpyro``, our SVGD against numpyro's on the bimodal toy posterior
 (``benchmarks/svgd_gmm.py``).
 

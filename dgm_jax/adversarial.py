@@ -26,6 +26,7 @@ __all__ = [
     "asvae_decoder_pair_term",
     "optimal_logit",
     "logits_and_input_gradient_sq",
+    "negative_pair_term",
 ]
 
 

@@ -88,7 +88,10 @@ the loss adds ``log mean exp f`` over the negatives of (5.3), which reaches the
 decoder through its images, and of (5.4), which reaches the encoder through its
 codes (``adversarial.negative_pair_term``). ``tests/test_adversarial.py`` checks on a
 Gaussian toy that the surrogate's gradient then equals the closed-form gradient
-of (5.14), and that without it the offsets' gradients are wrong.
+of (5.14), and that without it the offsets' gradients are wrong. With the explicit
+contrast, f_psi1's bracket ``log q_phi(z|x) - log p(z)`` at the decoded x is part of
+what the decoder's images must move; for binary pixels the encoder reads their binary
+twin (a step function), so that part is not estimated (``generator_loss``).
 
 Planar flows are not invertible in closed form, but the decoder-pair term needs
 ``log q_phi(z|x)`` at a prior draw z; ``flows.planar_flow_stack_inverse`` inverts each
@@ -173,7 +176,8 @@ def asvae_generator_loss(encoder_pair_terms, decoder_pair_terms, variant,
       (``negative_pair_terms=True``).
 
   Returns:
-    Scalar loss: minus the batch mean of the used terms.
+    Scalar loss: minus the batch mean of the used terms, and minus each given
+    half's ``adversarial.negative_pair_term``.
   """
   if variant not in VARIANTS:
     raise ValueError(f"variant={variant!r}; choose one of {VARIANTS}")
@@ -358,13 +362,17 @@ def make_method(config, spec):
     total = sum(losses.values()) + 0.5 * gradient_penalty * sum(penalties.values())
     return total, {**losses, **penalties}
 
-  def generator_loss(gen_params, disc_params, x_fit, x_shown, noise, contrast=None):
+  def generator_loss(gen_params, disc_params, x_fit, x_shown, noise):
     """Minus (5.14) (AS-VAE) or the ALI generator loss, through reparametrized samples.
 
     With ``negative_pair_terms`` the logits on each discriminator's negatives feed
     ``adversarial.negative_pair_term``: the decoder's images with independent prior
-    codes for f_psi1 (its explicit part, a weight here, from ``contrast``), the data
-    with another example's encoder code for f_psi2.
+    codes for f_psi1, the data with another example's encoder code for f_psi2. With
+    the explicit contrast, f_psi1 on its negatives includes ``log q_phi(z | x) - log
+    p(z)`` at the decoded x, differentiable in the decoder through x (the encoder's
+    parameters held fixed: this term is the decoder's). For binary pixels the
+    encoder reads the decoded image's binary twin, a step function of x, so that
+    part of the decoder's gradient is zero almost everywhere and not estimated.
     """
     params = {**gen_params, **disc_params}
     z_encoder, x_decoder, log_qz_encoder = draw_pairs(params, x_fit, noise, with_log_q=True)
@@ -389,9 +397,11 @@ def make_method(config, spec):
       metrics.update(log_px_given_z=log_px_given_z.mean(), lvaex_nats=encoder_terms.mean(),
                      f_psi1=f_psi1.mean())
       if negative_pairs:
-        f_neg = logit_of(params, "psi1", *fakes["psi1"])
-        if contrast is not None:
-          f_neg = f_neg + contrast["fake"]
+        x_neg, z_neg = fakes["psi1"]
+        f_neg = logit_of(params, "psi1", x_neg, z_neg)
+        if explicit_contrast:  # the bracket's path through the decoded x; encoder held fixed
+          frozen = {**params, "encoder": jax.lax.stop_gradient(params["encoder"])}
+          f_neg = f_neg + log_q(frozen, encoder_input(x_neg), z_neg) - log_prior(z_neg)
         negatives["psi1_negatives"] = f_neg
         metrics["psi1_negative_term"] = adversarial.negative_pair_term(f_neg)
     metrics.update(log_qz_encoder=log_qz_encoder.mean(),
@@ -457,7 +467,7 @@ def make_method(config, spec):
 
     disc_params = {name: params[name] for name in discriminators}
     (loss, gen_metrics), gen_grads = jax.value_and_grad(generator_loss, has_aux=True)(
-        gen_params, disc_params, x_fit, x_shown, noise, contrast)
+        gen_params, disc_params, x_fit, x_shown, noise)
     update(params, opt_state, gen_grads)
 
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(gen_grads),

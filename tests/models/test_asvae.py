@@ -353,3 +353,42 @@ def test_negative_pair_terms_add_their_log_mean_exp_to_the_generator_loss_only(v
   config.method, config.ali.negative_pair_terms = "ali", True
   with pytest.raises(ValueError, match="applies to the AS-VAE's"):
     asvae.make_method(config, spec)
+
+
+@pytest.mark.parametrize("kind", ["grayscale8", "binary"])
+def test_psi1_negative_term_reaches_the_decoder_through_the_explicit_contrast(kind):
+  """With explicit_contrast, f_psi1 on (5.3)'s negatives is g + log q(z|x) - log p(z) at the
+  decoded x. With g = 0 (zero discriminator, frozen by a zero learning rate) the negative
+  term's gradient comes from that bracket alone: for 8-bit data it reaches the decoder
+  through x; for binary data the encoder reads x's binary twin, a step function, so it
+  does not. The encoder is held fixed in the term either way."""
+  config = mnist.get_config("smoke")
+  config.method = "asvae"
+  config.asvae.update(variant="r", explicit_contrast=True, disc_learning_rate=0.0)
+  if kind == "grayscale8":
+    config.asvae.likelihood = "discretized_logistic"
+    spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
+    levels = jax.random.randint(jax.random.PRNGKey(0), (16, 8, 8, 1), 0, 256)
+    batch = {"x": levels.astype(jnp.float32) / 255.0, "index": jnp.arange(16, dtype=jnp.int32)}
+  else:
+    data = registry.load("digits")
+    spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
+    batch = pipeline.get_batch(data, "train", 0, 16, 0)
+  plain = asvae.make_method(config, spec)
+  config.asvae.negative_pair_terms = True
+  with_terms = asvae.make_method(config, spec)
+  state = plain.init(jax.random.PRNGKey(1), batch)
+  params = dict(state.params)
+  params["psi1"] = jax.tree_util.tree_map(jnp.zeros_like, params["psi1"])
+  state = state.replace(params=params)
+  (old, _), (new, metrics) = (jax.jit(m.train_step)(state, batch, jax.random.PRNGKey(2))
+                              for m in (plain, with_terms))
+  assert np.isfinite(float(metrics["psi1_negative_term"]))
+
+  def differs(name):
+    return any(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: bool(jnp.any(a != b)), old.params[name], new.params[name])))
+
+  assert not differs("psi1")  # zero learning rate: g stays 0
+  assert not differs("encoder")
+  assert differs("decoder") == (kind == "grayscale8")
