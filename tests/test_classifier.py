@@ -172,17 +172,22 @@ def test_project_classifier_is_cached_and_reused(digits, tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- the loop
 
-@pytest.mark.slow
-def test_loop_writes_sample_scores_to_results(tmp_path, monkeypatch):
-  from configs import mnist
-  from dgm_jax.train import loop
+def _run_smoke_vae_on_digits(tmp_path, monkeypatch, num_score_samples):
+  """results of a 10-step VAE run on the digits, with its classifier cache in tmp_path."""
+  from configs import mnist  # pylint: disable=import-outside-toplevel
+  from dgm_jax.train import loop  # pylint: disable=import-outside-toplevel
   monkeypatch.setenv(classifier.CACHE_DIR_ENV, str(tmp_path / "cache"))
   config = mnist.get_config("smoke")
   config.data.name = "digits"
   config.train.update(num_steps=10, eval_every=10, ckpt_every=10, log_every=10,
                       tensorboard=False)
-  config.eval.update(num_score_samples=40)
-  results = loop.run(config, str(tmp_path / "run"), "vae")
+  config.eval.update(num_score_samples=num_score_samples)
+  return loop.run(config, str(tmp_path / "run"), "vae")
+
+
+@pytest.mark.slow
+def test_loop_writes_sample_scores_to_results(tmp_path, monkeypatch):
+  results = _run_smoke_vae_on_digits(tmp_path, monkeypatch, num_score_samples=40)
   on_disk = json.load(open(tmp_path / "run" / "results.json"))
   for key in ("rmse", "classifier_score", "classifier_accuracy", "classifier"):
     assert on_disk[key] == results[key], key
@@ -197,20 +202,11 @@ def test_loop_writes_sample_scores_to_results(tmp_path, monkeypatch):
 def test_loop_without_score_samples_trains_no_classifier(tmp_path, monkeypatch):
   """``eval.num_score_samples=0`` skips the score, and with it the classifier's training
   (a fresh machine's first evaluation would otherwise train one)."""
-  from configs import mnist
-  from dgm_jax.train import loop
-
   def no_training(*args, **kwargs):
     raise AssertionError("trained a classifier for a run that scores no samples")
 
-  monkeypatch.setenv(classifier.CACHE_DIR_ENV, str(tmp_path / "cache"))
   monkeypatch.setattr(classifier, "train_classifier", no_training)
-  config = mnist.get_config("smoke")
-  config.data.name = "digits"
-  config.train.update(num_steps=10, eval_every=10, ckpt_every=10, log_every=10,
-                      tensorboard=False)
-  config.eval.update(num_score_samples=0)
-  results = loop.run(config, str(tmp_path / "run"), "vae")
+  results = _run_smoke_vae_on_digits(tmp_path, monkeypatch, num_score_samples=0)
   assert "classifier_score" not in results and "classifier" not in results
   assert 0 < results["rmse"] < 1  # the other section-5.3 score is still there
   assert not (tmp_path / "cache").exists()
