@@ -27,7 +27,16 @@ binary image ``1[logit(g) + l > 0]`` (an exact Bernoulli(g) draw) feeds the
 encoder and ``log p(x|z)``, and its relaxed twin ``sigmoid((logit(g) + l) /
 tau)`` is the x the discriminators see, so both sides of every discriminator
 live in the same relaxed pixel space. The encoder's density on decoder pairs,
-``log q_phi(z | x_theta)``, is evaluated at the relaxed x.
+``log q_phi(z | x_theta)`` in (5.14), is evaluated at the binary twin
+``1[logits + xi > 0]`` of the relaxed x: the Bernoulli draw x ~ p_theta(x|z)
+itself, the kind of image q_phi is defined on and trained on in the other half
+(``decoder_pair_encoder_input='binary'``, the default). The decoder's gradient
+through this term is then not estimated (a step function of the noise), as for
+any discrete x. ``'relaxed'`` (the earlier behaviour) feeds the encoder the
+relaxed x, whose pathwise gradient reaches the decoder: it lets the decoder
+carry z in gray levels no binary image has, for the encoder to read, and on
+MNIST it lowers the samples' classifier score (10 epochs, seed 0: 6.11 against
+6.75 with 'binary'; README).
 
 8-bit pixels (``likelihood='discretized_logistic'``, e.g. Fashion-MNIST, section
 5.3.1): the decoder outputs a logistic mean and log-scale per pixel
@@ -137,12 +146,15 @@ __all__ = [
     "relaxed_bernoulli",
     "VARIANTS",
     "DECODED_X",
+    "DECODER_PAIR_ENCODER_INPUTS",
     "DISCRIMINATORS",
 ]
 
 VARIANTS = ("full", "r", "g")
 # x_theta(z, xi) of 8-bit data: a clipped logistic draw, or the logistic mean (module docstring).
 DECODED_X = ("sample", "mean")
+# x at which the decoder-pair term evaluates log q_phi(z|x) for binary pixels (module docstring).
+DECODER_PAIR_ENCODER_INPUTS = ("binary", "relaxed")
 # The discriminators each method and variant trains; the other players are always
 # "encoder" and "decoder".
 DISCRIMINATORS = {
@@ -245,6 +257,8 @@ def make_method(config, spec):
   latent_dim, flow_length = section.latent_dim, section.flow_length
   temperature = section.relaxation_temperature
   decoded_x_mean = section.get("decoded_x", "sample") == "mean"
+  # x where the decoder-pair term reads log q_phi(z|x): the binary draw, or the relaxed x
+  relaxed_encoder_input = section.get("decoder_pair_encoder_input", "binary") == "relaxed"
   # f_psi1 = [log q_phi(z|x) - log p(z)] + g_psi1(x, z) (see the module docstring).
   explicit_contrast = bool(section.get("explicit_contrast", False)) and method_name == "asvae"
   gradient_penalty = section.get("disc_gradient_penalty", 0.0)  # gamma; 0: the dissertation's
@@ -407,7 +421,8 @@ def make_method(config, spec):
     metrics.update(log_qz_encoder=log_qz_encoder.mean(),
                    explicit_kl=(log_qz_encoder - log_prior(z_encoder)).mean())
     if "psi2" in params:
-      log_qz_given_x = log_q(params, x_decoder, noise["z_prior"])
+      x_read = x_decoder if relaxed_encoder_input else encoder_input(x_decoder)
+      log_qz_given_x = log_q(params, x_read, noise["z_prior"])
       decoder_terms = adversarial.asvae_decoder_pair_term(
           log_qz_given_x, logit_of(params, "psi2", x_decoder, noise["z_prior"]))
       metrics.update(log_qz_given_x=log_qz_given_x.mean(), lvaez_nats=decoder_terms.mean())
@@ -576,6 +591,11 @@ def _check(section, spec, method_name):
   if method_name == "ali" and section.get("negative_pair_terms", False):
     raise ValueError("ali.negative_pair_terms applies to the AS-VAE's (5.14) only; ALI's "
                      "generator loss (5.1) has no density-ratio discriminator")
+  encoder_input = section.get("decoder_pair_encoder_input", "binary")
+  if encoder_input not in DECODER_PAIR_ENCODER_INPUTS:
+    raise ValueError(f"decoder_pair_encoder_input={encoder_input!r}; choose one of "
+                     f"{DECODER_PAIR_ENCODER_INPUTS} ('binary': the Bernoulli draw the relaxed "
+                     "decoder sample stands for; 'relaxed': the relaxed sample itself)")
   decoded_x = section.get("decoded_x", "sample")
   if decoded_x not in DECODED_X:
     raise ValueError(f"decoded_x={decoded_x!r}; choose one of {DECODED_X}")

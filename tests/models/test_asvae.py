@@ -355,16 +355,10 @@ def test_negative_pair_terms_add_their_log_mean_exp_to_the_generator_loss_only(v
     asvae.make_method(config, spec)
 
 
-@pytest.mark.parametrize("kind", ["grayscale8", "binary"])
-def test_psi1_negative_term_reaches_the_decoder_through_the_explicit_contrast(kind):
-  """With explicit_contrast, f_psi1 on (5.3)'s negatives is g + log q(z|x) - log p(z) at the
-  decoded x. With g = 0 (zero discriminator, frozen by a zero learning rate) the negative
-  term's gradient comes from that bracket alone: for 8-bit data it reaches the decoder
-  through x; for binary data the encoder reads x's binary twin, a step function, so it
-  does not. The encoder is held fixed in the term either way."""
-  config = mnist.get_config("smoke")
-  config.method = "asvae"
-  config.asvae.update(variant="r", explicit_contrast=True, disc_learning_rate=0.0)
+def _frozen_zero_discriminator_steps(config, kind, *methods_config_overrides):
+  """Initial state and one step per override dict, all from one state whose discriminators are
+  zero (f = 0) and kept there by a zero learning rate; 8-bit or binary (digits) data."""
+  config.asvae.disc_learning_rate = 0.0
   if kind == "grayscale8":
     config.asvae.likelihood = "discretized_logistic"
     spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
@@ -374,21 +368,57 @@ def test_psi1_negative_term_reaches_the_decoder_through_the_explicit_contrast(ki
     data = registry.load("digits")
     spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
     batch = pipeline.get_batch(data, "train", 0, 16, 0)
-  plain = asvae.make_method(config, spec)
-  config.asvae.negative_pair_terms = True
-  with_terms = asvae.make_method(config, spec)
-  state = plain.init(jax.random.PRNGKey(1), batch)
-  params = dict(state.params)
-  params["psi1"] = jax.tree_util.tree_map(jnp.zeros_like, params["psi1"])
-  state = state.replace(params=params)
-  (old, _), (new, metrics) = (jax.jit(m.train_step)(state, batch, jax.random.PRNGKey(2))
-                              for m in (plain, with_terms))
+  steps, state = [], None
+  for overrides in methods_config_overrides:
+    config.asvae.update(overrides)
+    method = asvae.make_method(config, spec)
+    if state is None:
+      state = method.init(jax.random.PRNGKey(1), batch)
+      params = dict(state.params)
+      for name in asvae.DISCRIMINATORS[("asvae", config.asvae.variant)]:
+        params[name] = jax.tree_util.tree_map(jnp.zeros_like, params[name])
+      state = state.replace(params=params)
+    steps.append(jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(2)))
+  return state, steps
+
+
+def _moved(before, after, name):
+  return any(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      lambda a, b: bool(jnp.any(a != b)), before.params[name], after.params[name])))
+
+
+@pytest.mark.parametrize("kind", ["grayscale8", "binary"])
+def test_psi1_negative_term_reaches_the_decoder_through_the_explicit_contrast(kind):
+  """With explicit_contrast, f_psi1 on (5.3)'s negatives is g + log q(z|x) - log p(z) at the
+  decoded x. With g = 0 the negative term's gradient comes from that bracket alone: for 8-bit
+  data it reaches the decoder through x; for binary data the encoder reads x's binary twin, a
+  step function, so it does not. The encoder is held fixed in the term either way."""
+  config = mnist.get_config("smoke")
+  config.method = "asvae"
+  config.asvae.update(variant="r", explicit_contrast=True)
+  _, ((old, _), (new, metrics)) = _frozen_zero_discriminator_steps(
+      config, kind, {"negative_pair_terms": False}, {"negative_pair_terms": True})
   assert np.isfinite(float(metrics["psi1_negative_term"]))
+  assert not _moved(old, new, "psi1")  # zero learning rate: g stays 0
+  assert not _moved(old, new, "encoder")
+  assert _moved(old, new, "decoder") == (kind == "grayscale8")
 
-  def differs(name):
-    return any(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda a, b: bool(jnp.any(a != b)), old.params[name], new.params[name])))
 
-  assert not differs("psi1")  # zero learning rate: g stays 0
-  assert not differs("encoder")
-  assert differs("decoder") == (kind == "grayscale8")
+@pytest.mark.parametrize("encoder_input", asvae.DECODER_PAIR_ENCODER_INPUTS)
+def test_decoder_pair_log_q_reads_the_bernoulli_draw_by_default(encoder_input):
+  """AS-VAE-g with f_psi2 = 0: the decoder's only gradient is that of log q(z | x_theta).
+  Read at the binary draw (the default) it is zero, so the decoder stays put (Adam of a zero
+  gradient); read at the relaxed x it moves the decoder. The encoder learns either way."""
+  config = mnist.get_config("smoke")
+  config.method = "asvae"
+  config.asvae.variant = "g"
+  assert config.asvae.decoder_pair_encoder_input == "binary"
+  state, ((new, metrics),) = _frozen_zero_discriminator_steps(
+      config, "binary", {"decoder_pair_encoder_input": encoder_input})
+  assert np.isfinite(float(metrics["log_qz_given_x"]))
+  assert _moved(state, new, "encoder")
+  assert _moved(state, new, "decoder") == (encoder_input == "relaxed")
+  assert not _moved(state, new, "psi2")
+  config.asvae.decoder_pair_encoder_input = "gray"
+  with pytest.raises(ValueError, match="decoder_pair_encoder_input='gray'; choose one of"):
+    asvae.make_method(config, DataSpec(shape=(8, 8, 1), kind="grayscale17", num_train=100))
