@@ -405,14 +405,14 @@ def test_psi1_negative_term_reaches_the_decoder_through_the_explicit_contrast(ki
 
 
 @pytest.mark.parametrize("encoder_input", asvae.DECODER_PAIR_ENCODER_INPUTS)
-def test_decoder_pair_log_q_reads_the_bernoulli_draw_by_default(encoder_input):
+def test_decoder_pair_log_q_at_the_bernoulli_draw_gives_the_decoder_no_gradient(encoder_input):
   """AS-VAE-g with f_psi2 = 0: the decoder's only gradient is that of log q(z | x_theta).
-  Read at the binary draw (the default) it is zero, so the decoder stays put (Adam of a zero
-  gradient); read at the relaxed x it moves the decoder. The encoder learns either way."""
+  Read at the binary draw it is zero, so the decoder stays put (Adam of a zero gradient);
+  read at the relaxed x (the default) it moves the decoder. The encoder learns either way."""
   config = mnist.get_config("smoke")
   config.method = "asvae"
   config.asvae.variant = "g"
-  assert config.asvae.decoder_pair_encoder_input == "binary"
+  assert config.asvae.decoder_pair_encoder_input == "relaxed"
   state, ((new, metrics),) = _frozen_zero_discriminator_steps(
       config, "binary", {"decoder_pair_encoder_input": encoder_input})
   assert np.isfinite(float(metrics["log_qz_given_x"]))
