@@ -136,7 +136,7 @@ def train_classifier(data, key, num_steps, batch_size=DEFAULT_BATCH_SIZE):
   Batches are drawn uniformly with replacement, step i's from the i-th of
   ``num_steps`` keys split from ``key``, so the result is a pure function of the
   data and the key. The steps run as one jitted step called in a Python loop, not
-  a ``lax.scan``: XLA:CPU runs these convolutions' gradients about 25x slower
+  a ``lax.scan``: XLA:CPU runs these convolutions' gradients about 26x slower
   inside a loop body (0.47 s against 18 ms per step at batch 128 on one core),
   which made a first evaluation on a fresh machine wait 23 minutes for its classifier.
 
