@@ -135,6 +135,19 @@ def _digits_method(method_name, variant="full", config_arg="smoke"):
   return data, asvae.make_method(config, spec)
 
 
+def _moved(before, after, name):
+  """Whether any of player ``name``'s parameters differ between two states."""
+  return any(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      lambda a, b: bool(jnp.any(a != b)), before.params[name], after.params[name])))
+
+
+def _grayscale8_spec_and_batch():
+  """A spec and a batch of 16 random 8-bit 8x8 images (values k / 255)."""
+  spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
+  levels = jax.random.randint(jax.random.PRNGKey(0), (16, 8, 8, 1), 0, 256)
+  return spec, {"x": levels.astype(jnp.float32) / 255.0, "index": jnp.arange(16, dtype=jnp.int32)}
+
+
 @pytest.mark.parametrize("method_name,config_arg", [
     ("asvae", "smoke"), ("ali", "smoke"), ("asvae", "smoke,paper"), ("ali", "smoke,paper")])
 def test_one_jitted_step_is_finite_and_moves_every_player(method_name, config_arg):
@@ -238,10 +251,8 @@ def test_decoded_x_mean_shows_ali_the_logistic_means(decoded_x):
   config = mnist.get_config("smoke")
   config.method = "ali"
   config.ali.update(likelihood="discretized_logistic", decoded_x=decoded_x)
-  spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
+  spec, batch = _grayscale8_spec_and_batch()
   method = asvae.make_method(config, spec)
-  levels = jax.random.randint(jax.random.PRNGKey(0), (16, 8, 8, 1), 0, 256)
-  batch = {"x": levels.astype(jnp.float32) / 255.0, "index": jnp.arange(16, dtype=jnp.int32)}
   state = method.init(jax.random.PRNGKey(1), batch)
   new_state, metrics = jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(2))
   assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
@@ -319,9 +330,7 @@ def test_disc_gradient_penalty_enters_only_the_discriminators_step(method_name, 
   for name in names:
     assert f"{name}_grad_sq" in metrics and f"{name}_grad_sq" not in plain_metrics
     assert float(metrics[f"{name}_grad_sq"]) > 0
-    differs = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)),
-                                     plain_state.params[name], new_state.params[name])
-    assert any(jax.tree_util.tree_leaves(differs)), name
+    assert _moved(plain_state, new_state, name), name
   for key in ("d1_loss", "d2_loss", "d_loss"):  # the same pairs, so the same losses
     if key in plain_metrics:
       np.testing.assert_allclose(metrics[key], plain_metrics[key], rtol=1e-6)
@@ -347,9 +356,7 @@ def test_negative_pair_terms_add_their_log_mean_exp_to_the_generator_loss_only(v
   # every other player's update is the dissertation's, bit for bit.
   reached = {"full": ("encoder", "decoder"), "r": ("decoder",), "g": ("encoder",)}[variant]
   for name in ("encoder", "decoder") + asvae.DISCRIMINATORS[("asvae", variant)]:
-    differs = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda a, b: bool(jnp.any(a != b)), plain_state.params[name], new_state.params[name]))
-    assert any(differs) == (name in reached), name
+    assert _moved(plain_state, new_state, name) == (name in reached), name
   config.method, config.ali.negative_pair_terms = "ali", True
   with pytest.raises(ValueError, match="applies to the AS-VAE's"):
     asvae.make_method(config, spec)
@@ -361,9 +368,7 @@ def _frozen_zero_discriminator_steps(config, kind, *methods_config_overrides):
   config.asvae.disc_learning_rate = 0.0
   if kind == "grayscale8":
     config.asvae.likelihood = "discretized_logistic"
-    spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
-    levels = jax.random.randint(jax.random.PRNGKey(0), (16, 8, 8, 1), 0, 256)
-    batch = {"x": levels.astype(jnp.float32) / 255.0, "index": jnp.arange(16, dtype=jnp.int32)}
+    spec, batch = _grayscale8_spec_and_batch()
   else:
     data = registry.load("digits")
     spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
@@ -381,10 +386,6 @@ def _frozen_zero_discriminator_steps(config, kind, *methods_config_overrides):
     steps.append(jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(2)))
   return state, steps
 
-
-def _moved(before, after, name):
-  return any(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-      lambda a, b: bool(jnp.any(a != b)), before.params[name], after.params[name])))
 
 
 @pytest.mark.parametrize("kind", ["grayscale8", "binary"])
