@@ -20,12 +20,14 @@ like ``nets.mlp.GaussianMLP`` and ``nets.mlp.MLP``.
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dgm_jax.nets.mlp import activation_by_name
 
-__all__ = ["ConvEncoder", "ConvDecoder", "ARCHS", "decoder_start_shape", "encoder_from_section",
-           "decoder_from_section", "check_section"]
+__all__ = ["ConvEncoder", "ConvDecoder", "PhaseConvTranspose", "conv_transpose_by_phases", "ARCHS",
+           "decoder_start_shape", "encoder_from_section", "decoder_from_section", "check_section"]
 
 ARCHS = ("mlp", "conv")
 
@@ -45,6 +47,101 @@ def decoder_start_shape(image_shape, num_stages):
                      f"2^{num_stages} = {scale} (and at least one stage), the images are "
                      f"{height}x{width}; use fewer stages")
   return height // scale, width // scale
+
+
+def _same_transpose_padding(kernel_size, stride):
+  """Low and high padding of the zero-dilated input in ``lax.conv_transpose(..., 'SAME')``."""
+  pad_len = kernel_size + stride - 2
+  low = kernel_size - 1 if stride > kernel_size - 1 else int(np.ceil(pad_len / 2))
+  return low, pad_len - low
+
+
+def _phase_taps(kernel_size, stride):
+  """Per output phase p and input offset e, the kernel tap ``t = s e + pad - p`` (or -1).
+
+  Output ``o = s q + p`` of a stride-s transposed convolution reads input ``q + e``
+  through tap t whenever ``0 <= t < k``: each phase is an ordinary correlation.
+
+  Returns:
+    (taps [E, s] int with -1 for no tap, lowest offset e_min).
+  """
+  low, _ = _same_transpose_padding(kernel_size, stride)
+  offsets = [(p + t - low) // stride for p in range(stride) for t in range(kernel_size)
+             if (p + t - low) % stride == 0]
+  e_min, e_max = min(offsets), max(offsets)
+  taps = np.full((e_max - e_min + 1, stride), -1, np.int32)
+  for p in range(stride):
+    for e in range(e_min, e_max + 1):
+      t = stride * e + low - p
+      if 0 <= t < kernel_size:
+        taps[e - e_min, p] = t
+  return taps, e_min
+
+
+def conv_transpose_by_phases(x, kernel, strides):
+  """``lax.conv_transpose(x, kernel, strides, 'SAME')`` as one stride-1 convolution.
+
+  A stride-s transposed convolution computes each of its s x s output phases
+  (the outputs at ``(s q + a, s r + b)``) as an ordinary correlation of the input
+  with a subset of the kernel's taps. Stacking those sub-kernels as s^2 groups of
+  output channels gives one unstrided convolution on the small input, followed by
+  depth-to-space; the result is the same sum term for term. It exists for speed:
+  XLA:CPU computes the kernel gradient of ``lax.conv_transpose`` (an input-dilated
+  convolution) some 20x slower than that of an ordinary convolution
+  (``benchmarks/conv_transpose.py``).
+
+  Args:
+    x: [N, H, W, C_in].
+    kernel: [kh, kw, C_in, C_out], as ``flax.linen.ConvTranspose`` holds it
+      (``transpose_kernel=False``).
+    strides: (s_h, s_w).
+
+  Returns:
+    [N, H s_h, W s_w, C_out].
+  """
+  (kh, kw, c_in, c_out), (sh, sw) = kernel.shape, strides
+  taps_h, min_h = _phase_taps(kh, sh)
+  taps_w, min_w = _phase_taps(kw, sw)
+  # phase_kernel[e_h, e_w, c_in, a, b, c_out] = kernel[taps_h[e_h, a], taps_w[e_w, b]] or 0.
+  rows = kernel[np.maximum(taps_h, 0)]                      # [E_h, s_h, kw, C_in, C_out]
+  grid = rows[:, :, np.maximum(taps_w, 0)]                  # [E_h, s_h, E_w, s_w, C_in, C_out]
+  mask = (taps_h >= 0)[:, :, None, None] & (taps_w >= 0)[None, None]
+  grid = jnp.where(mask[..., None, None], grid, 0)
+  phase_kernel = jnp.transpose(grid, (0, 2, 4, 1, 3, 5)).reshape(
+      taps_h.shape[0], taps_w.shape[0], c_in, sh * sw * c_out)
+  padding = [(-min_h, taps_h.shape[0] - 1 + min_h), (-min_w, taps_w.shape[0] - 1 + min_w)]
+  y = jax.lax.conv_general_dilated(x, phase_kernel, (1, 1), padding,
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  n, height, width, _ = y.shape
+  y = y.reshape(n, height, width, sh, sw, c_out).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(n, height * sh, width * sw, c_out)
+
+
+class PhaseConvTranspose(nn.Module):
+  """``flax.linen.ConvTranspose`` with SAME padding, computed by ``conv_transpose_by_phases``.
+
+  Same parameters (``kernel`` [kh, kw, C_in, C_out], ``bias``), initializers and
+  outputs as ``nn.ConvTranspose(features, kernel_size, strides, padding="SAME")``,
+  so checkpoints of either load in the other; only the computation differs.
+
+  Attributes:
+    features: output channels.
+    kernel_size: (kh, kw).
+    strides: (s_h, s_w).
+  """
+
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] = (1, 1)
+
+  @nn.compact
+  def __call__(self, x):
+    """x: [N, H, W, C_in] -> [N, H s_h, W s_w, features]."""
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias)  # as flax's layers do
+    return conv_transpose_by_phases(x, kernel, tuple(self.strides)) + bias
 
 
 class ConvEncoder(nn.Module):
@@ -97,6 +194,9 @@ class ConvDecoder(nn.Module):
       strided one.
     activation: hidden activation name.
     kernel_size: kernel size of the transposed convolutions.
+    transpose_impl: ``"phases"`` (``PhaseConvTranspose``, the default) or ``"lax"``
+      (``nn.ConvTranspose``): the same function and parameters, computed two ways
+      (``benchmarks/conv_transpose.py`` times them).
   """
 
   image_shape: Sequence[int]
@@ -105,6 +205,7 @@ class ConvDecoder(nn.Module):
   stage_depth: int = 2
   activation: str = "relu"
   kernel_size: int = 3
+  transpose_impl: str = "phases"
 
   @nn.compact
   def __call__(self, z):
@@ -116,11 +217,18 @@ class ConvDecoder(nn.Module):
     h = act(nn.Dense(start_height * start_width * self.stage_features[0])(
         z.reshape(-1, z.shape[-1])))
     h = h.reshape(-1, start_height, start_width, self.stage_features[0])
+    if self.transpose_impl not in ("phases", "lax"):
+      raise ValueError(f"transpose_impl={self.transpose_impl!r} is not 'phases' or 'lax'")
+    layer = 0  # named as nn.ConvTranspose layers are, so earlier checkpoints still load
     for features in self.stage_features:
       size = (self.kernel_size,) * 2
-      h = act(nn.ConvTranspose(features, size, strides=(2, 2), padding="SAME")(h))
-      for _ in range(self.stage_depth):
-        h = act(nn.ConvTranspose(features, size, padding="SAME")(h))
+      for strides in [(2, 2)] + [(1, 1)] * self.stage_depth:
+        name = f"ConvTranspose_{layer}"
+        if self.transpose_impl == "lax":
+          h = act(nn.ConvTranspose(features, size, strides=strides, padding="SAME", name=name)(h))
+        else:
+          h = act(PhaseConvTranspose(features, size, strides, name=name)(h))
+        layer += 1
     out = nn.Conv(self.outputs_per_pixel * channels, (3, 3), padding="SAME")(h)
     out = out.reshape(-1, height, width, self.outputs_per_pixel, channels)
     return jnp.moveaxis(out, 3, 1).reshape(batch_shape + (-1,))
