@@ -1,7 +1,7 @@
 """Times the convolutional decoders with phase-decomposed against lax transposed convolutions.
 
 Prints one JSON line. For each decoder the configs build (``configs/mnist.py:semi,cnn``'s
-image decoder at the semi-supervised VAE's batch of 64 + 50 images, and
+image decoder at the semi-supervised VAE's batch of 100 + 50 images, and
 ``configs/cifar10.py``'s AS-VAE decoder of Fig. 5.2 at batch 64), the seconds of one
 jitted forward pass and of one forward-and-backward pass (gradients in the parameters
 and in z, as a train step takes them) with ``transpose_impl="lax"``
@@ -28,14 +28,15 @@ from dgm_jax.nets import conv
 
 def decoders():
   """name -> (decoder settings, batch size, latent dim)."""
-  semi = mnist.get_config("semi,cnn").vae
+  semi_config = mnist.get_config("semi,cnn")
+  semi = semi_config.vae
   asvae = cifar10.get_config().asvae
   return {
       "mnist_semi_cnn": (dict(image_shape=(28, 28, 1), outputs_per_pixel=1,
                               stage_features=tuple(semi.decoder_conv_features),
                               stage_depth=semi.get("conv_stage_depth", 0),
                               activation=semi.activation, kernel_size=semi.conv_kernel_size),
-                         64 + semi.labeled_batch_size, semi.latent_dim),
+                         semi_config.data.batch_size + semi.labeled_batch_size, semi.latent_dim),
       "cifar10_asvae": (dict(image_shape=(32, 32, 3), outputs_per_pixel=2,
                              stage_features=tuple(asvae.decoder_conv_features),
                              stage_depth=asvae.conv_stage_depth, activation=asvae.activation,
