@@ -162,8 +162,10 @@ def asvae_section(method="asvae", smoke=False, paper=False, **overrides):
       flow_length=0 if method == "ali" else (80 if paper else 10), flow_init_scale=0.1,
       relaxation_temperature=0.5,
       decoded_x="sample",  # 8-bit data: 'sample' (a clipped logistic draw) or 'mean' (models.asvae)
-      # binary pixels: log q(z|x) of decoder pairs at the relaxed sample ('relaxed') or at its
-      # Bernoulli draw ('binary': no decoder gradient through the term; models.asvae, README)
+      # binary pixels: log q(z|x) of decoder pairs at the relaxed sample ('relaxed'), at its
+      # Bernoulli draw ('binary': no decoder gradient through the term), the draw with the
+      # relaxed gradient ('straight_through') or two draws with a REINFORCE gradient
+      # ('score_function'); models.asvae, README
       decoder_pair_encoder_input="relaxed",
       disc_trunk="mlp", disc_x_features=(256,), disc_z_hidden=(200,),
       disc_joint_hidden=(200,), disc_activation="leaky_relu", disc_kernel_size=3,

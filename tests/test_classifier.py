@@ -38,6 +38,28 @@ def test_classifier_score_is_exp_mean_kl_and_lies_in_one_to_c(probs):
   assert 1.0 - 1e-9 <= score <= probs.shape[1] * (1 + 1e-9)
 
 
+@hypothesis.given(prob_rows())
+def test_score_terms_are_the_entropies_whose_difference_is_the_log_score(probs):
+  terms = classifier.classifier_score_terms(probs)
+  np.testing.assert_allclose(terms["class_entropy"], scipy.stats.entropy(probs.mean(0)),
+                             rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(terms["conditional_entropy"],
+                             np.mean([scipy.stats.entropy(row) for row in probs]),
+                             rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(terms["class_entropy"] - terms["conditional_entropy"],
+                             np.log(scipy_score(probs)), rtol=1e-7, atol=1e-9)
+  np.testing.assert_allclose(sum(terms["class_fractions"]), 1.0, rtol=1e-12)
+
+
+def test_score_terms_of_uneven_confident_samples():
+  # three samples of class 1, one of class 0, all one-hot; class 2 never predicted
+  terms = classifier.classifier_score_terms(np.eye(3)[[1, 0, 1, 1]])
+  assert terms["class_fractions"] == [0.25, 0.75, 0.0]
+  assert terms["conditional_entropy"] == 0.0
+  np.testing.assert_allclose(terms["class_entropy"],
+                             -(0.25 * np.log(0.25) + 0.75 * np.log(0.75)), rtol=1e-12)
+
+
 @hypothesis.given(prob_rows(), st.integers(1, 5))
 def test_identical_rows_score_one(probs, repeats):
   rows = np.repeat(probs[:1], repeats, axis=0)
@@ -196,6 +218,12 @@ def test_loop_writes_sample_scores_to_results(tmp_path, monkeypatch):
   assert 0 <= results["classifier_accuracy"] <= 1
   assert results["classifier"].startswith("project:digits_")
   assert results["num_score_samples"] == 40
+  # the score's terms, consistent with it (log score = H(p(y)) - E H(p(y|x)))
+  np.testing.assert_allclose(
+      on_disk["sample_class_entropy"] - on_disk["sample_conditional_entropy"],
+      np.log(on_disk["classifier_score"]), rtol=1e-4, atol=1e-5)
+  assert len(on_disk["sample_class_fractions"]) == 10
+  np.testing.assert_allclose(sum(on_disk["sample_class_fractions"]), 1.0, rtol=1e-9)
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ import optax
 from jax.scipy.special import logsumexp
 
 __all__ = [
-    "classifier_score", "classifier_score_from_log_probs", "rmse", "SmallCNN",
+    "classifier_score", "classifier_score_from_log_probs", "classifier_score_terms", "rmse", "SmallCNN",
     "train_classifier", "predict_probs", "accuracy", "project_classifier", "resolve_classifier",
     "parse_spec", "cache_dir", "ClassifierSpecError", "CACHE_DIR_ENV", "DEFAULT_BATCH_SIZE",
 ]
@@ -79,6 +79,32 @@ def classifier_score(probs):
     one-hot and cover every class equally often.
   """
   return classifier_score_from_log_probs(jnp.log(jnp.asarray(probs)))  # log 0 = -inf: fine
+
+
+def classifier_score_terms(probs):
+  """The two entropies the classifier score is made of, and the samples' class mix.
+
+  ``log score = E_x KL(p(y|x) || p(y)) = H(p(y)) - E_x H(p(y|x))``: a score falls
+  either because the samples' classes are uneven (the first term: diversity) or
+  because each sample is ambiguous to the classifier (the second: confidence).
+
+  Args:
+    probs: ``[N, C]`` rows p(y | x_n) of a classifier on N generated images.
+
+  Returns:
+    A dict of floats: ``class_entropy`` H(p(y)) (log C at most, for even classes),
+    ``conditional_entropy`` E_x H(p(y | x)) (0 for confident samples), and
+    ``class_fractions``, the list of the fractions of samples whose most probable
+    class is each c.
+  """
+  probs = np.asarray(probs, np.float64)
+  marginal = probs.mean(axis=0)
+  def entropy(p):  # 0 log 0 = 0
+    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+  fractions = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]) / len(probs)
+  return {"class_entropy": float(entropy(marginal)),
+          "conditional_entropy": float(np.mean(entropy(probs))),
+          "class_fractions": [float(f) for f in fractions]}
 
 
 @functools.partial(jax.jit, static_argnames="per_example")

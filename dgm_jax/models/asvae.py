@@ -32,9 +32,16 @@ live in the same relaxed pixel space. The encoder's density on decoder pairs,
 reaches the decoder. ``'binary'`` evaluates it at the binary twin ``1[logits + xi
 > 0]``, the Bernoulli draw x ~ p_theta(x|z) itself, the kind of image q_phi is
 trained on in the other half; the decoder's gradient through the term is then not
-estimated (a step function of the noise). On MNIST 'binary' is 0.5 nats better
+estimated (a step function of the noise). ``'straight_through'`` reads the binary
+twin but passes the relaxed sample's gradient (straight-through Gumbel);
+``'score_function'`` reads two Bernoulli draws and gives the decoder their
+leave-one-out REINFORCE gradient (``score_function_log_q``), unbiased for the
+gradient of E_{x ~ p_theta(x|z)} log q_phi(z|x). On MNIST 'binary' is 0.5 nats better
 after 10 epochs but its classifier score varies more by seed, and after 20 epochs
-it scores lower (README), so it is not the default.
+it scores lower (README), so it is not the default. The modes move the samples'
+class mix (README): every mode that gives the decoder this term's gradient makes
+few 1s (1-2% of samples; 11% of the test images are 1s), since a 1 says little
+about z; without it ('binary') the adversarial term alone makes too many (20-43%).
 
 8-bit pixels (``likelihood='discretized_logistic'``, e.g. Fashion-MNIST, section
 5.3.1): the decoder outputs a logistic mean and log-scale per pixel
@@ -142,6 +149,8 @@ __all__ = [
     "asvae_generator_loss",
     "relaxed_binarize",
     "relaxed_bernoulli",
+    "decoder_pair_encoder_read",
+    "score_function_log_q",
     "VARIANTS",
     "DECODED_X",
     "DECODER_PAIR_ENCODER_INPUTS",
@@ -152,7 +161,7 @@ VARIANTS = ("full", "r", "g")
 # x_theta(z, xi) of 8-bit data: a clipped logistic draw, or the logistic mean (module docstring).
 DECODED_X = ("sample", "mean")
 # x at which the decoder-pair term evaluates log q_phi(z|x) for binary pixels (module docstring).
-DECODER_PAIR_ENCODER_INPUTS = ("binary", "relaxed")
+DECODER_PAIR_ENCODER_INPUTS = ("binary", "relaxed", "straight_through", "score_function")
 # The discriminators each method and variant trains; the other players are always
 # "encoder" and "decoder".
 DISCRIMINATORS = {
@@ -237,6 +246,58 @@ def relaxed_binarize(key, gray, temperature):
   return binary, relaxed_bernoulli(logits, noise, temperature)
 
 
+def decoder_pair_encoder_read(relaxed, binary, mode):
+  """The x at which the decoder-pair term of (5.14) evaluates ``log q_phi(z | x)``.
+
+  Args:
+    relaxed: [..., P] the decoder's relaxed sample x_theta(z, xi), differentiable in theta.
+    binary: [..., P] its binary twin (the Bernoulli draw the same noise gives); for
+      8-bit data the same array as ``relaxed``.
+    mode: 'relaxed' (the relaxed x, value and gradient), 'binary' (the binary x, no
+      gradient to the decoder) or 'straight_through' (the binary x's value with the
+      relaxed x's gradient: the encoder reads a real Bernoulli draw, and the decoder
+      still learns how its pixels change that reading).
+
+  Returns:
+    [..., P] the x the encoder conditions on.
+  """
+  if mode == "relaxed":
+    return relaxed
+  if mode == "binary":
+    return jax.lax.stop_gradient(binary)
+  if mode == "straight_through":
+    return relaxed + jax.lax.stop_gradient(binary - relaxed)
+  if mode == "score_function":  # the gradient comes from score_function_log_q instead
+    return jax.lax.stop_gradient(binary)
+  raise ValueError(f"decoder_pair_encoder_input={mode!r}; choose one of "
+                   f"{DECODER_PAIR_ENCODER_INPUTS}")
+
+
+def score_function_log_q(log_q_a, log_q_b, log_p_a, log_p_b):
+  """``E_{x ~ p_theta(x|z)} log q_phi(z|x)`` from two Bernoulli draws, with a score-function
+  gradient in theta (``decoder_pair_encoder_input='score_function'``).
+
+  The encoder reads binary draws x_a, x_b ~ p_theta(x|z), which no pathwise gradient
+  crosses. The value is their mean; its gradient in theta is the two-sample
+  leave-one-out REINFORCE estimate
+  ``1/2 [(log q_a - log q_b) grad log p_a + (log q_b - log q_a) grad log p_b]``,
+  unbiased for the gradient of the expectation (each draw's baseline is the other's
+  independent value); the gradient in phi is that of the mean.
+
+  Args:
+    log_q_a, log_q_b: [B] ``log q_phi(z | x_a)``, ``log q_phi(z | x_b)`` (differentiable in phi).
+    log_p_a, log_p_b: [B] ``log p_theta(x_a | z)``, ``log p_theta(x_b | z)`` at the same
+      draws, held fixed (differentiable in theta).
+
+  Returns:
+    [B]: the mean of the two log q values, plus a term of value 0 that carries the
+    theta-gradient.
+  """
+  advantage = jax.lax.stop_gradient(log_q_a - log_q_b)
+  surrogate = 0.5 * advantage * (log_p_a - log_p_b)
+  return 0.5 * (log_q_a + log_q_b) + surrogate - jax.lax.stop_gradient(surrogate)
+
+
 def make_method(config, spec):
   """Builds AS-VAE (``config.method == 'asvae'``) or ALI (``'ali'``) from its section."""
   method_name = config.get("method", "")
@@ -256,7 +317,7 @@ def make_method(config, spec):
   temperature = section.relaxation_temperature
   decoded_x_mean = section.get("decoded_x", "sample") == "mean"
   # x where the decoder-pair term reads log q_phi(z|x): the relaxed x, or its binary draw
-  relaxed_encoder_input = section.get("decoder_pair_encoder_input", "relaxed") == "relaxed"
+  encoder_read = section.get("decoder_pair_encoder_input", "relaxed")
   # f_psi1 = [log q_phi(z|x) - log p(z)] + g_psi1(x, z) (see the module docstring).
   explicit_contrast = bool(section.get("explicit_contrast", False)) and method_name == "asvae"
   gradient_penalty = section.get("disc_gradient_penalty", 0.0)  # gamma; 0: the dissertation's
@@ -419,8 +480,10 @@ def make_method(config, spec):
     metrics.update(log_qz_encoder=log_qz_encoder.mean(),
                    explicit_kl=(log_qz_encoder - log_prior(z_encoder)).mean())
     if "psi2" in params:
-      x_read = x_decoder if relaxed_encoder_input else encoder_input(x_decoder)
+      x_read = decoder_pair_encoder_read(x_decoder, encoder_input(x_decoder), encoder_read)
       log_qz_given_x = log_q(params, x_read, noise["z_prior"])
+      if encoder_read == "score_function" and not discrete:
+        log_qz_given_x = two_draw_log_q(params, x_read, log_qz_given_x, noise)
       decoder_terms = adversarial.asvae_decoder_pair_term(
           log_qz_given_x, logit_of(params, "psi2", x_decoder, noise["z_prior"]))
       metrics.update(log_qz_given_x=log_qz_given_x.mean(), lvaez_nats=decoder_terms.mean())
@@ -429,6 +492,16 @@ def make_method(config, spec):
         negatives["psi2_negatives"] = f_neg
         metrics["psi2_negative_term"] = adversarial.negative_pair_term(f_neg)
     return asvae_generator_loss(encoder_terms, decoder_terms, variant, **negatives), metrics
+
+  def two_draw_log_q(params, x_a, log_q_a, noise):
+    """score_function_log_q of the decoder pairs' draw x_a and a second draw x_b from the
+    same logits (its noise folded from xi's, so the other modes' noise is unchanged)."""
+    z = noise["z_prior"]
+    logits = decode(params, z)
+    xi_b = jax.random.logistic(noise["xi_b_key"], logits.shape, logits.dtype)
+    x_b = jax.lax.stop_gradient((logits + xi_b > 0).astype(logits.dtype))
+    log_p_a, log_p_b = (likelihoods.bernoulli_log_prob(x, logits).sum(-1) for x in (x_a, x_b))
+    return score_function_log_q(log_q_a, log_q(params, x_b, z), log_p_a, log_p_b)
 
   def init(key, batch):
     keys = jax.random.split(key, len(players) + 1)
@@ -465,6 +538,7 @@ def make_method(config, spec):
         "z_prior": jax.random.normal(keys["z_prior"], codes_shape, x_fit.dtype),
         "xi": jax.random.logistic(keys["xi"], x_fit.shape, x_fit.dtype),
         "z_independent": jax.random.normal(keys["z_independent"], codes_shape, x_fit.dtype),
+        "xi_b_key": jax.random.fold_in(keys["xi"], 1),  # a second decoder draw (score_function)
     }
     params, opt_state = dict(state.params), dict(state.opt_state)
     disc_params = {name: params[name] for name in discriminators}
@@ -593,7 +667,10 @@ def _check(section, spec, method_name):
   if encoder_input not in DECODER_PAIR_ENCODER_INPUTS:
     raise ValueError(f"decoder_pair_encoder_input={encoder_input!r}; choose one of "
                      f"{DECODER_PAIR_ENCODER_INPUTS} ('binary': the Bernoulli draw the relaxed "
-                     "decoder sample stands for; 'relaxed': the relaxed sample itself)")
+                     "decoder sample stands for; 'relaxed': the relaxed sample itself; "
+                     "'straight_through': the Bernoulli draw's value with the relaxed "
+                     "sample's gradient; 'score_function': two Bernoulli draws and a "
+                     "REINFORCE gradient)")
   decoded_x = section.get("decoded_x", "sample")
   if decoded_x not in DECODED_X:
     raise ValueError(f"decoded_x={decoded_x!r}; choose one of {DECODED_X}")

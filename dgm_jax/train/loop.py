@@ -290,7 +290,10 @@ class _Trainer:
     test images in [0, 1] (unless the method's eval step reports it). With a
     classifier also ``classifier_score`` (the inception score's formula) of
     ``eval.num_score_samples`` samples drawn in chunks of ``eval.batch_size``,
-    ``classifier_accuracy`` on the test split and ``classifier``, its name.
+    ``classifier_accuracy`` on the test split and ``classifier``, its name, and the
+    score's two terms (``classifier.classifier_score_terms``): ``sample_class_entropy``
+    H(p(y)), ``sample_conditional_entropy`` E H(p(y|x)) (log score = the first minus
+    the second) and ``sample_class_fractions``.
     """
     config, data = self.config, self.data
     if data.num_levels is None or len(data.shape) != 3:
@@ -318,9 +321,13 @@ class _Trainer:
                                      for i in range(0, len(test_x), 1000)])
       except classifier.ClassifierSpecError as error:
         raise guards.ConfigError(str(error)) from None
+      terms = classifier.classifier_score_terms(probs)
       out.update(classifier_score=float(classifier.classifier_score(probs)),
                  classifier_accuracy=classifier.accuracy(test_probs, data.labels["test"]),
-                 num_score_samples=num_samples)
+                 num_score_samples=num_samples,
+                 sample_class_entropy=terms["class_entropy"],
+                 sample_conditional_entropy=terms["conditional_entropy"],
+                 sample_class_fractions=terms["class_fractions"])
     logging.info("sample scores at step %d: %s", step, out)
     return out
 
