@@ -36,12 +36,13 @@ estimated (a step function of the noise). ``'straight_through'`` reads the binar
 twin but passes the relaxed sample's gradient (straight-through Gumbel);
 ``'score_function'`` reads two Bernoulli draws and gives the decoder their
 leave-one-out REINFORCE gradient (``score_function_log_q``), unbiased for the
-gradient of E_{x ~ p_theta(x|z)} log q_phi(z|x). On MNIST 'binary' is 0.5 nats better
-after 10 epochs but its classifier score varies more by seed, and after 20 epochs
-it scores lower (README), so it is not the default. The modes move the samples'
+gradient of E_{x ~ p_theta(x|z)} log q_phi(z|x). The modes move the samples'
 class mix (README): every mode that gives the decoder this term's gradient makes
 few 1s (1-2% of samples; 11% of the test images are 1s), since a 1 says little
-about z; without it ('binary') the adversarial term alone makes too many (20-43%).
+about z; without it ('binary') a discriminator that wins outright pulls towards
+them (20-43%). With ``disc_gradient_penalty`` (R1 + R2) keeping the discriminators
+from winning, 'binary' makes even classes and confident samples, and AS-VAE-g
+trains: that pair is configs/mnist.py's default (not under ``:paper``).
 
 8-bit pixels (``likelihood='discretized_logistic'``, e.g. Fashion-MNIST, section
 5.3.1): the decoder outputs a logistic mean and log-scale per pixel

@@ -126,10 +126,11 @@ def test_planar_flow_inverse_recovers_inputs_and_inverse_jacobian():
   np.testing.assert_allclose(grad_b, -np.linalg.solve(jac_forward, grad_b_forward), atol=1e-8)
 
 
-def _digits_method(method_name, variant="full", config_arg="smoke"):
+def _digits_method(method_name, variant="full", config_arg="smoke", **overrides):
   config = mnist.get_config(config_arg)
   config.method = method_name
   config.asvae.variant = variant
+  config[method_name].update(overrides)
   data = registry.load("digits")
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
   return data, asvae.make_method(config, spec)
@@ -231,6 +232,12 @@ def test_default_config_trains_here_and_paper_keeps_the_dissertations_choices():
     assert (paper[name].learning_rate, paper[name].disc_learning_rate) == (1e-4, 1e-4)
   assert default.asvae.explicit_contrast and not paper.asvae.explicit_contrast
   assert (default.asvae.flow_length, paper.asvae.flow_length) == (10, 80)
+  # binary MNIST's AS-VAE: the Bernoulli read and R1 + R2 penalties (README); ALI unchanged
+  assert (default.asvae.decoder_pair_encoder_input, default.asvae.disc_gradient_penalty) == (
+      "binary", 10.0)
+  assert (paper.asvae.decoder_pair_encoder_input, paper.asvae.disc_gradient_penalty) == (
+      "relaxed", 0.0)
+  assert default.ali.disc_gradient_penalty == 0.0
 
 
 @pytest.mark.parametrize("arg", ["ch5", "ch5,paper"])
@@ -306,10 +313,11 @@ def test_input_gradient_sq_of_a_linear_logit_is_its_squared_weights():
 def _step_with_and_without(method_name, variant, **overrides):
   """One train step from the same state and key, with the smoke config and with ``overrides``
   set in its section: (config, spec, (state, metrics) without, (state, metrics) with)."""
-  data, method = _digits_method(method_name, variant)
+  data, method = _digits_method(method_name, variant, disc_gradient_penalty=0.0)
   config = mnist.get_config("smoke")
   config.method = method_name
   config.asvae.variant = variant
+  config[method_name].update(disc_gradient_penalty=0.0)
   config[method_name].update(overrides)
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
   changed = asvae.make_method(config, spec)
@@ -414,7 +422,7 @@ def test_decoder_pair_log_q_at_the_bernoulli_draw_gives_the_decoder_no_gradient(
   config = mnist.get_config("smoke")
   config.method = "asvae"
   config.asvae.variant = "g"
-  assert config.asvae.decoder_pair_encoder_input == "relaxed"
+  assert config.asvae.decoder_pair_encoder_input == "binary"  # MNIST's default
   state, ((new, metrics),) = _frozen_zero_discriminator_steps(
       config, "binary", {"decoder_pair_encoder_input": encoder_input})
   assert np.isfinite(float(metrics["log_qz_given_x"]))
