@@ -41,7 +41,8 @@ import optax
 from jax.scipy.special import logsumexp
 
 __all__ = [
-    "classifier_score", "classifier_score_from_log_probs", "classifier_score_terms", "rmse", "SmallCNN",
+    "classifier_score", "classifier_score_from_log_probs", "classifier_score_terms", "rmse",
+    "SmallCNN",
     "train_classifier", "predict_probs", "accuracy", "project_classifier", "resolve_classifier",
     "parse_spec", "cache_dir", "ClassifierSpecError", "CACHE_DIR_ENV", "DEFAULT_BATCH_SIZE",
 ]

@@ -255,9 +255,10 @@ def decoder_pair_encoder_read(relaxed, binary, mode):
     binary: [..., P] its binary twin (the Bernoulli draw the same noise gives); for
       8-bit data the same array as ``relaxed``.
     mode: 'relaxed' (the relaxed x, value and gradient), 'binary' (the binary x, no
-      gradient to the decoder) or 'straight_through' (the binary x's value with the
+      gradient to the decoder), 'straight_through' (the binary x's value with the
       relaxed x's gradient: the encoder reads a real Bernoulli draw, and the decoder
-      still learns how its pixels change that reading).
+      still learns how its pixels change that reading) or 'score_function' (the
+      binary x; the decoder's gradient comes from ``score_function_log_q``).
 
   Returns:
     [..., P] the x the encoder conditions on.
@@ -317,7 +318,7 @@ def make_method(config, spec):
   latent_dim, flow_length = section.latent_dim, section.flow_length
   temperature = section.relaxation_temperature
   decoded_x_mean = section.get("decoded_x", "sample") == "mean"
-  # x where the decoder-pair term reads log q_phi(z|x): the relaxed x, or its binary draw
+  # x where the decoder-pair term reads log q_phi(z|x), for binary pixels (module docstring)
   encoder_read = section.get("decoder_pair_encoder_input", "relaxed")
   # f_psi1 = [log q_phi(z|x) - log p(z)] + g_psi1(x, z) (see the module docstring).
   explicit_contrast = bool(section.get("explicit_contrast", False)) and method_name == "asvae"
@@ -481,7 +482,8 @@ def make_method(config, spec):
     metrics.update(log_qz_encoder=log_qz_encoder.mean(),
                    explicit_kl=(log_qz_encoder - log_prior(z_encoder)).mean())
     if "psi2" in params:
-      x_read = decoder_pair_encoder_read(x_decoder, encoder_input(x_decoder), encoder_read)
+      x_read = x_decoder if discrete else decoder_pair_encoder_read(  # 8-bit: x itself
+          x_decoder, encoder_input(x_decoder), encoder_read)
       log_qz_given_x = log_q(params, x_read, noise["z_prior"])
       if encoder_read == "score_function" and not discrete:
         log_qz_given_x = two_draw_log_q(params, x_read, log_qz_given_x, noise)
