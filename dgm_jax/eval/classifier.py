@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.special
 from jax.scipy.special import logsumexp
 
 __all__ = [
@@ -99,9 +100,8 @@ def classifier_score_terms(probs):
     class is each c.
   """
   probs = np.asarray(probs, np.float64)
+  entropy = lambda p: np.sum(scipy.special.entr(p), axis=-1)  # entr(0) = 0
   marginal = probs.mean(axis=0)
-  def entropy(p):  # 0 log 0 = 0
-    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
   fractions = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1]) / len(probs)
   return {"class_entropy": float(entropy(marginal)),
           "conditional_entropy": float(np.mean(entropy(probs))),

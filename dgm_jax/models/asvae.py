@@ -252,8 +252,8 @@ def decoder_pair_encoder_read(relaxed, binary, mode):
 
   Args:
     relaxed: [..., P] the decoder's relaxed sample x_theta(z, xi), differentiable in theta.
-    binary: [..., P] its binary twin (the Bernoulli draw the same noise gives); for
-      8-bit data the same array as ``relaxed``.
+    binary: [..., P] its binary twin (the Bernoulli draw the same noise gives). Binary
+      pixels only: 8-bit data read the decoded x itself.
     mode: 'relaxed' (the relaxed x, value and gradient), 'binary' (the binary x, no
       gradient to the decoder), 'straight_through' (the binary x's value with the
       relaxed x's gradient: the encoder reads a real Bernoulli draw, and the decoder
@@ -366,13 +366,12 @@ def make_method(config, spec):
   def logit_of(params, name, x, z):
     return discriminator.apply(params[name], x, z)
 
-  def draw_pairs(params, x_fit, noise, with_log_q=False):
-    """Encoder codes of the data and decoder images x_theta(z, xi) of prior codes."""
+  def draw_pairs(params, x_fit, noise):
+    """Encoder codes of the data with their log q(z|x), and decoder images x_theta(z, xi)
+    of prior codes with the decoder's outputs at those codes."""
     z_encoder, log_qz = encode(params, x_fit, noise["eps"])
-    x_decoder = decoder_sample(decode(params, noise["z_prior"]), noise["xi"])
-    if with_log_q:
-      return z_encoder, x_decoder, log_qz
-    return z_encoder, x_decoder
+    outputs = decode(params, noise["z_prior"])
+    return z_encoder, log_qz, decoder_sample(outputs, noise["xi"]), outputs
 
   def log_prior(z):
     return likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1)
@@ -450,7 +449,7 @@ def make_method(config, spec):
     part of the decoder's gradient is zero almost everywhere and not estimated.
     """
     params = {**gen_params, **disc_params}
-    z_encoder, x_decoder, log_qz_encoder = draw_pairs(params, x_fit, noise, with_log_q=True)
+    z_encoder, log_qz_encoder, x_decoder, decoder_logits = draw_pairs(params, x_fit, noise)
     if method_name == "ali":
       loss = adversarial.ali_generator_loss(
           logit_of(params, "psi", x_shown, z_encoder),
@@ -486,7 +485,7 @@ def make_method(config, spec):
           x_decoder, encoder_input(x_decoder), encoder_read)
       log_qz_given_x = log_q(params, x_read, noise["z_prior"])
       if encoder_read == "score_function" and not discrete:
-        log_qz_given_x = two_draw_log_q(params, x_read, log_qz_given_x, noise)
+        log_qz_given_x = two_draw_log_q(params, decoder_logits, x_read, log_qz_given_x, noise)
       decoder_terms = adversarial.asvae_decoder_pair_term(
           log_qz_given_x, logit_of(params, "psi2", x_decoder, noise["z_prior"]))
       metrics.update(log_qz_given_x=log_qz_given_x.mean(), lvaez_nats=decoder_terms.mean())
@@ -496,11 +495,10 @@ def make_method(config, spec):
         metrics["psi2_negative_term"] = adversarial.negative_pair_term(f_neg)
     return asvae_generator_loss(encoder_terms, decoder_terms, variant, **negatives), metrics
 
-  def two_draw_log_q(params, x_a, log_q_a, noise):
+  def two_draw_log_q(params, logits, x_a, log_q_a, noise):
     """score_function_log_q of the decoder pairs' draw x_a and a second draw x_b from the
     same logits (its noise folded from xi's, so the other modes' noise is unchanged)."""
     z = noise["z_prior"]
-    logits = decode(params, z)
     xi_b = jax.random.logistic(noise["xi_b_key"], logits.shape, logits.dtype)
     x_b = jax.lax.stop_gradient((logits + xi_b > 0).astype(logits.dtype))
     log_p_a, log_p_b = (likelihoods.bernoulli_log_prob(x, logits).sum(-1) for x in (x_a, x_b))
@@ -547,7 +545,7 @@ def make_method(config, spec):
     disc_params = {name: params[name] for name in discriminators}
     gen_params = {"encoder": params["encoder"], "decoder": params["decoder"]}
 
-    z_encoder, x_decoder = jax.lax.stop_gradient(draw_pairs(params, x_fit, noise))
+    z_encoder, _, x_decoder, _ = jax.lax.stop_gradient(draw_pairs(params, x_fit, noise))
     contrast = None
     if explicit_contrast and "psi1" in discriminators:
       contrast = jax.lax.stop_gradient(psi1_contrast(params, x_fit, x_decoder, noise))
