@@ -8,7 +8,10 @@ coordinatewise kernel with all M particles only) and of ``stein_vae.precondition
 (``gauss_newton`` with the RBF kernel and all M particles only), the seconds of the
 decoder scores alone (``grad_z log p(x, z)`` for the same B x M codes: the part no
 implementation of this algorithm can skip), and their ratio, all measured in the same
-run with interleaved repeats. ``step_over_scores_flops`` is the same ratio in the
+run with interleaved repeats. Each RBF row without a preconditioner is also timed with
+the gradient subsets of ``--subsets`` (``decoder_grad_particles:encoder_fit_particles``,
+0 meaning all M): the gradients of (4.1) and (4.13) estimated from the first m of the
+exchangeable particles, unbiased and noisier. ``step_over_scores_flops`` is the same ratio in the
 floating-point operations XLA's cost analysis counts in the two compiled functions:
 the time ratio a step would have if both ran at the same FLOP rate. The count is a
 lower bound on the step's: XLA counts a loop body once, not once per iteration (the
@@ -19,7 +22,7 @@ RBF rows without a preconditioner, whose only loop is the bandwidth's median. Th
 (``benchmarks/svgd_gmm.py``).
 
   python benchmarks/stein_step.py [--particles 10,20,50,100 --batch 64 --repeats 10
-                                   --kernels rbf,coordinatewise
+                                   --subsets 0:0,10:0,1:10 --kernels rbf,coordinatewise
                                    --preconditioners none,gauss_newton]
 """
 
@@ -45,13 +48,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import svgd_gmm  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def build(num_particles, batch_size, grad_particles=0, kernel="rbf", preconditioner="none"):
+def build(num_particles, batch_size, grad_particles=0, kernel="rbf", preconditioner="none",
+          fit_particles=0):
   config = mnist.get_config()
   config.stein_vae.kernel = kernel
   config.stein_vae.preconditioner = preconditioner
   config.data.batch_size = batch_size
   config.stein_vae.num_particles = num_particles
   config.stein_vae.decoder_grad_particles = grad_particles
+  config.stein_vae.encoder_fit_particles = fit_particles
   spec = DataSpec(shape=(28, 28, 1), kind="grayscale8", num_train=50_000)
   method = stein_vae.make_method(config, spec)
   batch = {"x": jax.random.uniform(jax.random.PRNGKey(0), (batch_size, 28, 28, 1)),
@@ -99,8 +104,9 @@ def main():
   parser.add_argument("--particles", default="10,20,50,100")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=10)
-  parser.add_argument("--decoder-grad-particles", default="0,10",
-                      help="values of stein_vae.decoder_grad_particles to time (0: all M)")
+  parser.add_argument("--subsets", default="0:0,10:0,1:10",
+                      help="pairs decoder_grad_particles:encoder_fit_particles to time with the "
+                           "RBF kernel (0: all M)")
   parser.add_argument("--kernels", default="rbf,coordinatewise",
                       help="values of stein_vae.kernel to time")
   parser.add_argument("--preconditioners", default="none,gauss_newton",
@@ -111,18 +117,20 @@ def main():
                       help="skip the comparison with numpyro's SVGD")
   args = parser.parse_args()
   rows = []
-  settings = [(kernel, grad_particles, preconditioner)
+  subsets = [tuple(map(int, pair.split(":"))) for pair in args.subsets.split(",")]
+  settings = [(kernel, grads, fits, preconditioner)
               for kernel in args.kernels.split(",")
-              for grad_particles in map(int, args.decoder_grad_particles.split(","))
+              for grads, fits in subsets
               for preconditioner in args.preconditioners.split(",")
-              if (kernel == "rbf" or grad_particles == 0)
-              and (preconditioner == "none" or (kernel == "rbf" and grad_particles == 0))]
+              # gradient subsets with the plain RBF step; the preconditioner with RBF only
+              if (kernel == "rbf" or preconditioner == "none")
+              and ((kernel == "rbf" and preconditioner == "none") or grads == fits == 0)]
   for num_particles in map(int, args.particles.split(",")):
-    for kernel, grad_particles, preconditioner in settings:
-      if grad_particles > num_particles:
+    for kernel, grad_particles, fit_particles, preconditioner in settings:
+      if max(grad_particles, fit_particles) > num_particles:
         continue
       step_fn, scores_fn, flops_ratio = build(num_particles, args.batch, grad_particles, kernel,
-                                              preconditioner)
+                                              preconditioner, fit_particles)
       timed(step_fn), timed(scores_fn)  # warm up
       step_s, scores_s = [], []
       for _ in range(args.repeats):
@@ -132,6 +140,7 @@ def main():
       rows.append({"num_particles": num_particles, "kernel": kernel,
                    "preconditioner": preconditioner,
                    "decoder_grad_particles": grad_particles,
+                   "encoder_fit_particles": fit_particles,
                    "step_ms": round(step_med * 1e3, 3),
                    "decoder_scores_ms": round(scores_med * 1e3, 3),
                    "step_over_scores": round(step_med / scores_med, 3),

@@ -91,6 +91,7 @@ def stein_vae_section(**overrides):
       # Gauss-Newton precision at its mean particle (svgd.preconditioned_svgd_direction)
       preconditioner="none",
       decoder_grad_particles=0,  # particles per example in the gradient of (4.1); 0: all M
+      encoder_fit_particles=0,  # particles per example in the encoder's fit (4.13); 0: all M
       eval_elbo_samples=10,
       learning_rate=2e-4, lr_schedule="constant", final_lr_fraction=1.0,
       adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8,

@@ -18,6 +18,7 @@ __all__ = [
     "rbf_kernel",
     "median_bandwidth",
     "fast_median",
+    "order_statistics",
     "BANDWIDTH_CONVENTIONS",
 ]
 
@@ -79,18 +80,39 @@ def median_bandwidth(x, convention="liu_wang"):
                      f"of {BANDWIDTH_CONVENTIONS}.")
   x = jax.lax.stop_gradient(x)
   num_particles = x.shape[0]
-  sq_dists = pairwise_sq_dists(x, x)
+  # Each distance once: the strict upper triangle. The off-diagonal entries are that
+  # list twice over, which has the same median; the full matrix adds M zeros.
+  pairs = pairwise_sq_dists(x, x)[np.triu_indices(num_particles, 1)]
   if convention == "liu_wang":
-    h = fast_median(sq_dists.reshape(-1)) / math.log(num_particles + 1.0)
+    h = _median_of_zeros_and_pairs(pairs, num_particles) / math.log(num_particles + 1.0)
   elif num_particles < 2:
     h = jnp.zeros((), x.dtype)
+  elif convention == "paper":
+    h = jnp.square(fast_median(jnp.sqrt(pairs))) / math.log(num_particles)
   else:
-    off_diagonal = sq_dists[~np.eye(num_particles, dtype=bool)]
-    if convention == "paper":
-      h = jnp.square(fast_median(jnp.sqrt(off_diagonal))) / math.log(num_particles)
-    else:
-      h = fast_median(off_diagonal)
+    h = fast_median(pairs)
   return jnp.where(h > 0, h, jnp.ones_like(h))
+
+
+def _median_of_zeros_and_pairs(pairs, num_zeros):
+  """Median of ``num_zeros`` zeros and every entry of the non-negative ``pairs`` twice.
+
+  That multiset is the M x M matrix of squared distances (zero diagonal, each
+  off-diagonal distance twice), so its median comes from the M (M - 1) / 2 distinct
+  distances: half the counting work of the whole matrix.
+  """
+  total = num_zeros + 2 * pairs.shape[0]
+  middle = ((total + 1) // 2, total // 2 + 1)  # 1-based ranks of the middle elements
+  # Ranks up to num_zeros are the zeros; rank r beyond them is the ceil((r - num_zeros) / 2)-th
+  # smallest pair.
+  pair_ranks = [(rank - num_zeros + 1) // 2 for rank in middle]
+  positive = [rank for rank in pair_ranks if rank > 0]
+  if not positive:
+    return jnp.zeros((), pairs.dtype)
+  lower, upper = order_statistics(pairs, positive[0], with_next=positive[-1] > positive[0])
+  values = [jnp.zeros((), pairs.dtype) if rank <= 0 else (lower if rank == positive[0] else upper)
+            for rank in pair_ranks]
+  return 0.5 * (values[0] + values[1])
 
 
 def fast_median(values):
@@ -109,16 +131,33 @@ def fast_median(values):
     Scalar median.
   """
   n = values.shape[0]
+  lower, upper = order_statistics(values, (n - 1) // 2 + 1, with_next=n % 2 == 0)
+  return lower if n % 2 == 1 else 0.5 * (lower + upper)
+
+
+def order_statistics(values, rank, with_next=False):
+  """The ``rank``-th smallest of 1-D ``values`` (1-based, static), and optionally the next.
+
+  By bisection on the values' order-preserving integer keys (no sort; see
+  :func:`fast_median`): exact, in as many counting passes as the float has bits.
+
+  Args:
+    values: [n].
+    rank: 1 <= rank <= n.
+    with_next: also return the (rank + 1)-th smallest (needs rank < n).
+
+  Returns:
+    (rank-th value, (rank + 1)-th value or None).
+  """
   keys = _sortable_keys(values)
-  lower_rank = (n - 1) // 2 + 1  # 1-based rank of the lower middle element
-  kth = _kth_smallest_key(keys, lower_rank)
+  kth = _kth_smallest_key(keys, rank)
   # Read values by gather, never through a float reduction: XLA:CPU flushes subnormals there.
   kth_value = values[jnp.argmax(keys == kth)]
-  if n % 2 == 1:
-    return kth_value
+  if not with_next:
+    return kth_value, None
   above = jnp.min(jnp.where(keys > kth, keys, jnp.iinfo(keys.dtype).max))
-  next_key = jnp.where(jnp.sum(keys <= kth) >= lower_rank + 1, kth, above)
-  return 0.5 * (kth_value + values[jnp.argmax(keys == next_key)])
+  next_key = jnp.where(jnp.sum(keys <= kth) >= rank + 1, kth, above)
+  return kth_value, values[jnp.argmax(keys == next_key)]
 
 
 def _sortable_keys(values):

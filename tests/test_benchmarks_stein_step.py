@@ -34,10 +34,10 @@ def test_tiny_run_prints_one_json_line(tmp_path):
   result = json.loads(lines[0])
   assert result["benchmark"] == "stein_step"
   rows = {(row["num_particles"], row["kernel"], row["decoder_grad_particles"],
-           row["preconditioner"]) for row in result["rows"]}
-  # decoder_grad_particles 0 and 10 (above M here, skipped) for rbf; 0 only for
-  # coordinatewise; the Gauss-Newton preconditioner with rbf and all particles only
-  assert rows == {(m, k, 0, p) for m in (2, 4)
+           row["encoder_fit_particles"], row["preconditioner"]) for row in result["rows"]}
+  # Gradient subsets 0:0, 10:0 (above M here, skipped) and 1:10 (skipped) for rbf;
+  # all particles only for coordinatewise and the Gauss-Newton preconditioner
+  assert rows == {(m, k, 0, 0, p) for m in (2, 4)
                   for k, p in (("rbf", "none"), ("coordinatewise", "none"),
                                ("rbf", "gauss_newton"))}, rows
   for row in result["rows"]:

@@ -83,6 +83,23 @@ class TestMedianBandwidth:
       else:
         assert got == 1.0
 
+  @pytest.mark.parametrize("shape", [(2, 3), (3, 2), (4, 1), (100, 50), (101, 5)])
+  def test_from_the_upper_triangle_matches_the_whole_matrix(self, shape):
+    # The median is read from the M (M - 1) / 2 distinct distances; numpy's comes from
+    # all M * M entries (liu_wang) or the M (M - 1) off-diagonal ones.
+    x = np.array(jax.random.normal(jax.random.PRNGKey(shape[0]), shape, jnp.float64))
+    if shape[0] > 3:
+      x[1] = x[0]  # a zero off-diagonal distance among the rest
+    m = x.shape[0]
+    sq = scipy.spatial.distance.cdist(x, x, "sqeuclidean")
+    off = sq[~np.eye(m, dtype=bool)]
+    expected = {"liu_wang": np.median(sq) / math.log(m + 1),
+                "paper": np.median(np.sqrt(off)) ** 2 / math.log(m),
+                "median": np.median(off)}
+    for convention, value in expected.items():
+      np.testing.assert_allclose(median_bandwidth(x, convention), value, rtol=1e-9,
+                                 err_msg=convention)
+
   @pytest.mark.parametrize("convention", kernels.BANDWIDTH_CONVENTIONS)
   def test_one_particle_and_identical_particles(self, convention):
     for x in (jnp.ones((1, 4)), jnp.full((6, 4), 3.0)):
@@ -117,6 +134,19 @@ class TestFastMedian:
     # Bisection on the bit patterns pins the order statistic exactly, over the whole
     # float32 range (signs, subnormals and +-0 included).
     assert float(fast_median(values)) == float(np.sort(values)[(len(values) - 1) // 2])
+
+  @given(hnp.arrays(np.float64, st.integers(1, 40), elements=finite(-1e3, 1e3)),
+         st.data())
+  def test_order_statistics_match_sorting(self, values, data):
+    rank = data.draw(st.integers(1, len(values)))
+    with_next = rank < len(values)
+    kth, following = kernels.order_statistics(jnp.asarray(values), rank, with_next)
+    ordered = np.sort(values)
+    assert float(kth) == ordered[rank - 1]
+    if with_next:
+      assert float(following) == ordered[rank]
+    else:
+      assert following is None
 
   def test_float32_large_array(self):
     values = jax.random.exponential(jax.random.PRNGKey(3), (10000,), dtype=jnp.float32)

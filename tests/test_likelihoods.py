@@ -44,6 +44,26 @@ class TestBernoulli:
     np.testing.assert_allclose(out, [0.0, 0.0, -1e4, -1e4])
 
 
+  @given(st.data())
+  def test_gradient_is_x_minus_sigmoid_to_every_order_used(self, data):
+    # The custom softplus derivative against scipy's expit, and its own derivative
+    # (the Gauss-Newton curvature p (1 - p)) too.
+    shape = data.draw(SHAPES)
+    logits = data.draw(arrays(shape, -40.0, 40.0))
+    x = data.draw(hnp.arrays(np.float64, shape, elements=st.sampled_from([0.0, 1.0])))
+    grad = jax.grad(lambda l: jnp.sum(lk.bernoulli_log_prob(x, l)))(logits)
+    np.testing.assert_allclose(grad, x - scipy.special.expit(logits), rtol=1e-12, atol=1e-300)
+    second = jax.grad(lambda l: jnp.sum(jax.grad(lambda m: jnp.sum(lk.softplus(m)))(l)))(logits)
+    expected = scipy.special.expit(logits) * scipy.special.expit(-logits)
+    np.testing.assert_allclose(second, expected, rtol=1e-9, atol=1e-300)
+
+  def test_gradient_finite_at_huge_logits(self):
+    logits = jnp.array([-1e4, 1e4, -1e4, 1e4])
+    x = jnp.array([0.0, 1.0, 1.0, 0.0])
+    grad = jax.grad(lambda l: jnp.sum(lk.bernoulli_log_prob(x, l)))(logits)
+    np.testing.assert_array_equal(grad, [0.0, 0.0, 1.0, -1.0])
+
+
 class TestGaussian:
 
   @given(triples())

@@ -10,7 +10,9 @@ One train step, as in section 4.2:
    Stein VIWAE (4.3) uses the self-normalized importance-weighted direction
    (4.42)-(4.43) with ``log w = log p(x, z) - log q(z | x)`` and the encoder
    density from the change of variables ``q(z|x) = q0(xi) |det df/dxi|^-1``;
-4. the encoder fitted to the moved particles by K gradient steps on (4.13);
+4. the encoder fitted to the moved particles by K gradient steps on (4.13)
+   (optionally on the first m of the M exchangeable particles,
+   ``encoder_fit_particles``: an unbiased, noisier gradient at m / M the cost);
 5. the decoder: a point estimate follows the gradient of (4.1) at this
    iteration's codes, from the same backward pass as the scores (importance
    weighted for the VIWAE; for the Stein VAE optionally from the first m of the
@@ -216,6 +218,10 @@ def make_method(config, spec):
   if section.importance_weighted and grad_particles < num_particles:
     raise ValueError("decoder_grad_particles applies to the Stein VAE only: the VIWAE's decoder "
                      "gradient uses the self-normalized weights of all M particles; set it to 0")
+  fit_particles = section.get("encoder_fit_particles", 0) or num_particles
+  if not 0 < fit_particles <= num_particles:
+    raise ValueError(f"encoder_fit_particles={fit_particles} must lie in [0, num_particles="
+                     f"{num_particles}] (0: all particles)")
   if section.encoder_steps < 1:
     raise ValueError(f"encoder_steps={section.encoder_steps} must be at least 1")
   repulsion_scale = section.get("repulsion_scale", 1.0)
@@ -281,21 +287,31 @@ def make_method(config, spec):
   def fit_encoder(eta, opt_state, x, xi, targets, codes, pullback):
     """K Adam steps on (4.13) towards the moved particles.
 
-    The first step's gradient comes from ``pullback``, the VJP of the forward
-    pass that produced ``codes = f_eta(x, xi)`` at this eta (step 1 of the
-    algorithm), so a step runs the encoder forward K times in all, not K + 1.
+    With all M particles the first step's gradient comes from ``pullback``, the
+    VJP of the forward pass that produced ``codes = f_eta(x, xi)`` at this eta
+    (step 1 of the algorithm), so a step runs the encoder forward K times in
+    all, not K + 1. With ``encoder_fit_particles = m < M`` (``pullback`` None)
+    every step fits the first m particles, the loss scaled by M / m: an unbiased
+    estimate of (4.13) and its gradient, whose backward pass is m / M the size.
     """
+    scale = num_particles / fit_particles
+    xi, targets = xi[:fit_particles], targets[:, :fit_particles]
+
     def adam(eta, opt_state, grads):
       return adam_step(encoder_opt, eta, opt_state, grads)
 
+    def fit_loss(e):
+      return scale * encoder_fit_loss(lambda a, b: encode(e, a, b), x, xi, targets)
+
     def one_step(carry, _):
-      loss, grads = jax.value_and_grad(
-          lambda e: encoder_fit_loss(lambda a, b: encode(e, a, b), x, xi, targets))(carry[0])
+      loss, grads = jax.value_and_grad(fit_loss)(carry[0])
       return adam(*carry, grads), loss
 
-    # The gradient of (4.13) in the codes, pulled back to eta.
-    first_loss, codes_grad = jax.value_and_grad(codes_fit_loss)(codes, targets)
-    (first_grads,) = pullback(codes_grad)
+    if pullback is None:
+      first_loss, first_grads = jax.value_and_grad(fit_loss)(eta)
+    else:  # the gradient of (4.13) in the codes, pulled back to eta
+      first_loss, codes_grad = jax.value_and_grad(codes_fit_loss)(codes, targets)
+      (first_grads,) = pullback(codes_grad)
     eta, opt_state = adam(eta, opt_state, first_grads)
     (eta, opt_state), losses = jax.lax.scan(one_step, (eta, opt_state), None,
                                             length=section.encoder_steps - 1)
@@ -344,7 +360,10 @@ def make_method(config, spec):
       x, labels, label_weights = semi_supervised.merged_batch(
           x, x_labeled, batch["label_labeled"], num_pixels, semi.num_classes)
     xi = jax.random.normal(noise_key, (num_particles, latent_dim))  # shared across examples (4.5)
-    z, encoder_pullback = jax.vjp(lambda e: encode(e, x[:, None, :], xi[None]), eta)  # [B, M, D]
+    if fit_particles == num_particles:  # keep the VJP: the fit's first gradient reuses it
+      z, encoder_pullback = jax.vjp(lambda e: encode(e, x[:, None, :], xi[None]), eta)  # [B, M, D]
+    else:
+      z, encoder_pullback = encode(eta, x[:, None, :], xi[None]), None
     if semi:
       label_log_p, label_pullback = label_term(state.params["label_decoder"], z, labels,
                                                label_weights)
@@ -360,9 +379,10 @@ def make_method(config, spec):
     else:
       log_w = None
       weights = jnp.full(z.shape[:2], 1.0 / num_particles)
+      # log_p: [B, m] at the particles of the decoder's gradient (all M by default)
       log_p, scores, decoder_grads = scores_and_decoder_gradients(thetas, x, z)
       if semi:
-        log_p, scores = log_p + label_log_p, scores + label_scores
+        log_p, scores = log_p + label_log_p[:, :log_p.shape[1]], scores + label_scores
     moved, bandwidth = svgd_move(z, scores, section.svgd_step_size, log_w,
                                  section.bandwidth_convention, repulsion_scale, kernel,
                                  precision_cholesky(thetas, z))
@@ -372,8 +392,12 @@ def make_method(config, spec):
                                       decoder_grads)
     params = {"encoder": eta, "decoder": thetas}
     opt_state = {"encoder": enc_opt_state, "decoder": dec_opt_state}
+    if log_w is None:  # uniform weights: the decoder's gradient particles estimate the mean
+      loss = -jnp.mean(log_p)
+    else:
+      loss = -jnp.mean(jnp.sum(weights * log_p, axis=1))
     metrics = {
-        "loss": -jnp.mean(jnp.sum(weights * log_p, axis=1)),
+        "loss": loss,
         "encoder_fit": fit_losses[0],
         "kernel_bandwidth": jnp.mean(bandwidth),
         "particle_move": jnp.mean(jnp.linalg.norm(moved - z, axis=-1)),
@@ -398,14 +422,20 @@ def make_method(config, spec):
     instead of M, in a second pass of m / M the size: for large M most of the
     decoder's parameter-gradient cost goes, at the price of a noisier
     (still unbiased) estimate.
+
+    Returns:
+      (log p(x, z) [B, m] at the gradient's m particles, scores [B, M, D], the
+      decoder's descent direction). The scores' own pass then never computes
+      log p(x, z), only its gradient (``likelihoods.softplus``).
     """
     if num_decoders > 1 or grad_particles < num_particles:
-      log_p, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
+      _, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
       # The particles are exchangeable (i.i.d. xi), so the first m give an unbiased
       # estimate of the gradient of (4.1) in its own, cheaper pass.
       subset = z[:, :grad_particles]
       uniform = jnp.full(subset.shape[:2], 1.0 / grad_particles)
-      return log_p, scores, decoder_gradients(thetas, x, subset, uniform)
+      return (log_joint(thetas, x[:, None, :], subset), scores,
+              decoder_gradients(thetas, x, subset, uniform))
     log_p, vjp = jax.vjp(lambda t, c: log_joint(t, x[:, None, :], c), thetas, z)
     theta_grads, scores = vjp(jnp.ones_like(log_p))
     scale = -1.0 / (z.shape[0] * z.shape[1])  # descent direction of the mean negative log-joint

@@ -123,21 +123,22 @@ def test_gauss_newton_precision_of_a_linear_decoder_is_the_exact_hessian(weights
   np.testing.assert_allclose(got, jax.hessian(neg_log_joint)(z), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("encoder_steps,grad_particles,alpha,kernel,preconditioner",
-                         [(1, 0, 1.0, "rbf", "none"), (2, 0, 1.0, "rbf", "none"),
-                          (1, 2, 1.0, "rbf", "none"), (3, 3, 1.0, "rbf", "none"),
-                          (1, 0, 6.0, "rbf", "none"), (1, 0, 1.0, "coordinatewise", "none"),
-                          (2, 0, 2.0, "coordinatewise", "none"),
-                          (1, 0, 1.0, "rbf", "gauss_newton"),
-                          (2, 0, 16.0, "rbf", "gauss_newton")])
+@pytest.mark.parametrize("encoder_steps,grad_particles,alpha,kernel,preconditioner,fit_particles",
+                         [(1, 0, 1.0, "rbf", "none", 0), (2, 0, 1.0, "rbf", "none", 0),
+                          (1, 2, 1.0, "rbf", "none", 0), (3, 3, 1.0, "rbf", "none", 0),
+                          (1, 0, 6.0, "rbf", "none", 0), (1, 0, 1.0, "coordinatewise", "none", 0),
+                          (2, 0, 2.0, "coordinatewise", "none", 0),
+                          (1, 0, 1.0, "rbf", "gauss_newton", 0),
+                          (2, 0, 16.0, "rbf", "gauss_newton", 0),
+                          (1, 1, 1.0, "rbf", "none", 2), (2, 0, 6.0, "rbf", "none", 3)])
 def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha, kernel,
-                                                     preconditioner):
-  """The optimized step (encoder pullback reused, decoder gradient from a particle
-  subset) against a plain composition of the algorithm's steps 1-5."""
+                                                     preconditioner, fit_particles):
+  """The optimized step (encoder pullback reused, decoder and encoder gradients from
+  particle subsets) against a plain composition of the algorithm's steps 1-5."""
   config = mnist.get_config("smoke")
   section = config.stein_vae
   section.update(num_particles=4, encoder_steps=encoder_steps,
-                 decoder_grad_particles=grad_particles,
+                 decoder_grad_particles=grad_particles, encoder_fit_particles=fit_particles,
                  svgd_step_size=0.05, learning_rate=1e-2, repulsion_scale=alpha, kernel=kernel,
                  preconditioner=preconditioner)
   data = registry.load("digits")
@@ -146,7 +147,7 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   batch = pipeline.get_batch(data, "train", 0, 8, 0)
   state = method.init(jax.random.PRNGKey(0), batch)
   key = jax.random.PRNGKey(1)
-  new_state, _ = jax.jit(method.train_step)(state, batch, key)
+  new_state, metrics = jax.jit(method.train_step)(state, batch, key)
 
   # The same algorithm, written out with no shared intermediate results.
   encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), section.latent_dim, section.activation)
@@ -196,12 +197,15 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   enc_opt = make_optimizer(section, config.train.num_steps * encoder_steps,
                            steps_per_epoch * encoder_steps)
   enc_state = state.opt_state["encoder"]
+  m_fit = fit_particles or 4  # the first m_fit particles, their squared errors times 4 / m_fit
   for _ in range(encoder_steps):
-    grads = jax.grad(lambda e: stein_vae.encoder_fit_loss(
-        lambda a, b: encoder.apply(e, a, b), x, xi, moved))(eta)
+    grads = jax.grad(lambda e: 0.5 * (4 / m_fit) * jnp.mean(jnp.sum(
+        (encoder.apply(e, x[:, None], xi[None, :m_fit]) - moved[:, :m_fit]) ** 2, (1, 2))))(eta)
     updates, enc_state = enc_opt.update(grads, enc_state, eta)
     eta = optax.apply_updates(eta, updates)
   m = grad_particles or 4
+  # The loss metric: the mean negative log-joint over the decoder's gradient particles.
+  np.testing.assert_allclose(metrics["loss"], -jnp.mean(log_joint(theta, z[:, :m])), rtol=1e-5)
   dec_opt = make_optimizer(section, config.train.num_steps, steps_per_epoch)
   grads = jax.grad(lambda t: -jnp.mean(log_joint(t, z[:, :m])))(theta)
   updates, _ = dec_opt.update(grads, state.opt_state["decoder"], theta)
@@ -214,6 +218,8 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
 
 @pytest.mark.parametrize("config_arg,key,value,message", [
     ("smoke", "decoder_grad_particles", 5, "decoder_grad_particles=5 must lie in"),
+    ("smoke", "encoder_fit_particles", 5, "encoder_fit_particles=5 must lie in"),
+    ("smoke", "encoder_fit_particles", -1, "encoder_fit_particles=-1 must lie in"),
     ("smoke", "kernel", "laplace", "stein_vae.kernel='laplace'"),
     ("smoke", "preconditioner", "newton", "stein_vae.preconditioner='newton'"),
     ("smoke,viwae", "decoder_grad_particles", 2, "Stein VAE only"),
