@@ -47,7 +47,22 @@ def softplus(x):
 @softplus.defjvp
 def _softplus_jvp(primals, tangents):
   (x,), (tangent,) = primals, tangents
-  return softplus(x), jax.nn.sigmoid(x) * tangent
+  return softplus(x), _sigmoid(x) * tangent
+
+
+@jax.custom_jvp
+def _sigmoid(x):
+  """``jax.nn.sigmoid`` whose derivative is ``sigmoid(x) sigmoid(-x)``, accurate in both tails
+  (``s (1 - s)`` loses every digit once s rounds to 1), so softplus's second derivative, the
+  Bernoulli curvature, is exact to round-off."""
+  return jax.nn.sigmoid(x)
+
+
+@_sigmoid.defjvp
+def _sigmoid_jvp(primals, tangents):
+  (x,), (tangent,) = primals, tangents
+  value = _sigmoid(x)
+  return value, value * _sigmoid(-x) * tangent
 
 
 def bernoulli_log_prob(x, logits):

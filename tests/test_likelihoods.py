@@ -62,6 +62,12 @@ class TestBernoulli:
     x = jnp.array([0.0, 1.0, 1.0, 0.0])
     grad = jax.grad(lambda l: jnp.sum(lk.bernoulli_log_prob(x, l)))(logits)
     np.testing.assert_array_equal(grad, [0.0, 0.0, 1.0, -1.0])
+    # The curvature in the tails: p (1 - p) with 1 - p rounding to 0 would give 0 at +40.
+    tails = np.array([-40.0, 40.0])
+    curvature = jax.vmap(jax.grad(jax.grad(lk.softplus)))(tails)
+    np.testing.assert_allclose(curvature, scipy.special.expit(tails) * scipy.special.expit(-tails),
+                               rtol=1e-12)
+    assert np.all(curvature > 0)
 
 
 class TestGaussian:
