@@ -2,16 +2,15 @@
 
 Prints one JSON line: for M in (10, 20, 50, 100) particles per example, the
 seconds per jitted Stein VAE train step on MNIST-shaped data (batch 64, the
-architecture of 4.5.2), for each value of ``stein_vae.decoder_grad_particles``
-(0: the gradient of (4.1) over all M particles), of ``stein_vae.kernel`` (the
-coordinatewise kernel with all M particles only) and of ``stein_vae.preconditioner``
-(``gauss_newton`` with the RBF kernel and all M particles only), the seconds of the
-decoder scores alone (``grad_z log p(x, z)`` for the same B x M codes: the part no
-implementation of this algorithm can skip), and their ratio, all measured in the same
-run with interleaved repeats. Each RBF row without a preconditioner is also timed with
-the gradient subsets of ``--subsets`` (``decoder_grad_particles:encoder_fit_particles``,
-0 meaning all M): the gradients of (4.1) and (4.13) estimated from the first m of the
-exchangeable particles, unbiased and noisier. ``step_over_scores_flops`` is the same ratio in the
+architecture of 4.5.2), for each value of ``stein_vae.kernel`` (the coordinatewise
+kernel with all M particles only) and of ``stein_vae.preconditioner`` (``gauss_newton``
+with the RBF kernel and all M particles only), the seconds of the decoder scores alone
+(``grad_z log p(x, z)`` for the same B x M codes: the part no implementation of this
+algorithm can skip), and their ratio, all measured in the same run with interleaved
+repeats. The plain RBF step is timed for each pair of ``--subsets``
+(``decoder_grad_particles:encoder_fit_particles``, 0 meaning all M): the gradients of
+(4.1) and (4.13) estimated from the first m of the exchangeable particles, unbiased and
+noisier. ``step_over_scores_flops`` is the same ratio in the
 floating-point operations XLA's cost analysis counts in the two compiled functions:
 the time ratio a step would have if both ran at the same FLOP rate. The count is a
 lower bound on the step's: XLA counts a loop body once, not once per iteration (the
