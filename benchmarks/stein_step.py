@@ -83,6 +83,15 @@ def build(num_particles, batch_size, grad_particles=0, kernel="rbf", preconditio
           compiled_flops(step_exe) / compiled_flops(scores_exe))
 
 
+def timed_setting(kernel, grad_particles, fit_particles, preconditioner):
+  """Which settings get a row: every gradient subset for the plain RBF step; the
+  coordinatewise kernel and the preconditioner (RBF only) with all particles."""
+  if kernel == "rbf" and preconditioner == "none":
+    return True
+  all_particles = grad_particles == fit_particles == 0
+  return all_particles and (kernel == "rbf" or preconditioner == "none")
+
+
 def compiled_flops(compiled):
   """The floating-point operations XLA's cost analysis counts in one call of ``compiled``
   (``jax.jit(f).lower(*args).compile()``)."""
@@ -121,9 +130,7 @@ def main():
               for kernel in args.kernels.split(",")
               for grads, fits in subsets
               for preconditioner in args.preconditioners.split(",")
-              # gradient subsets with the plain RBF step; the preconditioner with RBF only
-              if (kernel == "rbf" or preconditioner == "none")
-              and ((kernel == "rbf" and preconditioner == "none") or grads == fits == 0)]
+              if timed_setting(kernel, grads, fits, preconditioner)]
   for num_particles in map(int, args.particles.split(",")):
     for kernel, grad_particles, fit_particles, preconditioner in settings:
       if max(grad_particles, fit_particles) > num_particles:

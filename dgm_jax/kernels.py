@@ -102,17 +102,15 @@ def _median_of_zeros_and_pairs(pairs, num_zeros):
   distances: half the counting work of the whole matrix.
   """
   total = num_zeros + 2 * pairs.shape[0]
-  middle = ((total + 1) // 2, total // 2 + 1)  # 1-based ranks of the middle elements
-  # Ranks up to num_zeros are the zeros; rank r beyond them is the ceil((r - num_zeros) / 2)-th
-  # smallest pair.
-  pair_ranks = [(rank - num_zeros + 1) // 2 for rank in middle]
-  positive = [rank for rank in pair_ranks if rank > 0]
-  if not positive:
+  # The 1-based ranks of the middle elements, as ranks among the pairs: rank r of the
+  # whole is a zero for r <= num_zeros, else the ceil((r - num_zeros) / 2)-th smallest pair.
+  low, high = ((rank - num_zeros + 1) // 2 for rank in ((total + 1) // 2, total // 2 + 1))
+  if high <= 0:  # one particle: all zeros
     return jnp.zeros((), pairs.dtype)
-  lower, upper = order_statistics(pairs, positive[0], with_next=positive[-1] > positive[0])
-  values = [jnp.zeros((), pairs.dtype) if rank <= 0 else (lower if rank == positive[0] else upper)
-            for rank in pair_ranks]
-  return 0.5 * (values[0] + values[1])
+  if low <= 0:  # two particles: a zero and the one pair
+    return 0.5 * order_statistics(pairs, high)[0]
+  lower, upper = order_statistics(pairs, low, with_next=high > low)
+  return lower if upper is None else 0.5 * (lower + upper)
 
 
 def fast_median(values):

@@ -429,13 +429,14 @@ def make_method(config, spec):
       log p(x, z), only its gradient (``likelihoods.softplus``).
     """
     if num_decoders > 1 or grad_particles < num_particles:
-      _, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
+      log_p, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
       # The particles are exchangeable (i.i.d. xi), so the first m give an unbiased
       # estimate of the gradient of (4.1) in its own, cheaper pass.
       subset = z[:, :grad_particles]
+      if grad_particles < num_particles:  # the scores' pass then drops its log p values
+        log_p = log_joint(thetas, x[:, None, :], subset)
       uniform = jnp.full(subset.shape[:2], 1.0 / grad_particles)
-      return (log_joint(thetas, x[:, None, :], subset), scores,
-              decoder_gradients(thetas, x, subset, uniform))
+      return log_p, scores, decoder_gradients(thetas, x, subset, uniform)
     log_p, vjp = jax.vjp(lambda t, c: log_joint(t, x[:, None, :], c), thetas, z)
     theta_grads, scores = vjp(jnp.ones_like(log_p))
     scale = -1.0 / (z.shape[0] * z.shape[1])  # descent direction of the mean negative log-joint
