@@ -26,7 +26,10 @@ def base_config(dataset, batch_size):
       name=dataset, data_dir="", batch_size=batch_size, options={}))
   config.train = ml_collections.ConfigDict(dict(
       num_steps=100_000, log_every=500, eval_every=10_000, ckpt_every=5_000, tensorboard=True,
-      prefetch_steps=50))  # batches gathered and copied to the devices at once
+      prefetch_steps=50,  # batches gathered and copied to the devices at once
+      # '' (off: the test split sees the final state) or a validation metric, 'nll_nats',
+      # 'error_rate' or 'elbo_nats': the test split sees the state that validated best (4.5)
+      early_stopping=""))
   config.eval = ml_collections.ConfigDict(dict(
       num_importance_samples=5000,    # K for the test NLL (Burda et al.)
       valid_importance_samples=100,   # K for periodic validation NLL (0: skip)
@@ -53,6 +56,8 @@ def vae_section(**overrides):
       # Semi-supervised (4.4): a label decoder softmax(theta~ z); each step adds
       # labeled_batch_size pairs from a class-balanced subset of labels_per_class per class.
       semi_supervised=False, labels_per_class=100, labeled_batch_size=50,
+      # dropout on the encoder's hidden units while training (4.5's one regularizer; MLPs)
+      encoder_dropout=0.0,
       # 'mlp' (hidden_sizes) or 'conv' (the all-convolutional nets of 4.5.3, nets.conv)
       encoder_arch="mlp", decoder_arch="mlp", encoder_conv_features=(32, 64),
       decoder_conv_features=(64, 32),
@@ -98,6 +103,9 @@ def stein_vae_section(**overrides):
       # Semi-supervised (4.4): a label decoder softmax(theta~ z); each step adds
       # labeled_batch_size pairs from a class-balanced subset of labels_per_class per class.
       semi_supervised=False, labels_per_class=100, labeled_batch_size=50,
+      # dropout on the encoder's hidden units while training (4.5's one regularizer; MLPs),
+      # one mask per example shared by its particles
+      encoder_dropout=0.0,
       # 'mlp' (encoder_hidden / decoder_hidden) or 'conv': f_eta(x, xi) as 5x5 stride-2
       # convolutions on [x, noise map] (nets.recognition.NoiseConvEncoder), nets.conv decoder
       encoder_arch="mlp", decoder_arch="mlp", encoder_conv_features=(32, 64),

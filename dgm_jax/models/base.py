@@ -9,7 +9,7 @@ from typing import Callable, NamedTuple, Optional
 
 import optax
 
-__all__ = ["Method", "DataSpec", "make_optimizer"]
+__all__ = ["Method", "DataSpec", "make_optimizer", "check_dropout"]
 
 
 class DataSpec(NamedTuple):
@@ -94,3 +94,15 @@ def make_optimizer(section, num_steps, steps_per_epoch):
     raise ValueError(f"unknown lr_schedule {section.lr_schedule!r}; "
                      "choose constant, geometric or burda")
   return optax.adam(schedule, b1=section.adam_b1, b2=section.adam_b2, eps=section.adam_eps)
+
+
+def check_dropout(section):
+  """The section's ``encoder_dropout`` rate; raises ValueError unless it is in [0, 1) and, when
+  positive, the encoder is an MLP."""
+  rate = section.get("encoder_dropout", 0.0)
+  if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
+    raise ValueError(f"encoder_dropout={rate!r} must be a probability in [0, 1)")
+  if rate and section.get("encoder_arch", "mlp") != "mlp":
+    raise ValueError(f"encoder_dropout={rate} applies to MLP encoders; encoder_arch="
+                     f"{section.encoder_arch!r} has none: set encoder_dropout=0")
+  return float(rate)

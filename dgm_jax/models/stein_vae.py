@@ -78,7 +78,7 @@ from dgm_jax.data import transforms
 from dgm_jax.eval import nll
 from dgm_jax.eval import posterior_shape as shape
 from dgm_jax.models import semi_supervised
-from dgm_jax.models.base import Method, make_optimizer
+from dgm_jax.models.base import Method, check_dropout, make_optimizer
 from dgm_jax.nets import conv
 from dgm_jax.nets.mlp import MLP
 from dgm_jax.nets.recognition import NoiseConvEncoder, NoiseMLPEncoder
@@ -239,6 +239,7 @@ def make_method(config, spec):
                      "the kernel whitened by each example's Gauss-Newton precision)")
   semi = semi_supervised.settings_from(section, spec)
   conv.check_section(section, spec.shape)
+  dropout_rate = check_dropout(section)
   encoder, decoder = make_nets(section, spec)
   label_decoder = semi_supervised.LabelDecoder(semi.num_classes) if semi else None
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
@@ -247,8 +248,12 @@ def make_method(config, spec):
   decoder_opt = make_optimizer(section, config.train.num_steps, steps_per_epoch)
   eval_seed = config.eval.binarization_seed
 
-  def encode(eta, x, xi):
-    return encoder.apply(eta, x, xi)
+  def encode(eta, x, xi, dropout_key=None):
+    """z = f_eta(x, xi); a ``dropout_key`` (training, ``encoder_dropout`` > 0) drops hidden
+    units with one mask per example, shared by its particles (``NoiseMLPEncoder``)."""
+    if dropout_key is None:
+      return encoder.apply(eta, x, xi)
+    return encoder.apply(eta, x, xi, dropout_key)
 
   def log_likelihood_x(thetas, x, z):
     """log p(x | z) averaged over decoder samples: x [B, 1, P] or [B, P]-broadcastable."""
@@ -284,7 +289,7 @@ def make_method(config, spec):
       opt_state["label_decoder"] = decoder_opt.init(params["label_decoder"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
-  def fit_encoder(eta, opt_state, x, xi, targets, codes, pullback):
+  def fit_encoder(eta, opt_state, x, xi, targets, codes, pullback, dropout_key=None):
     """K Adam steps on (4.13) towards the moved particles.
 
     With all M particles the first step's gradient comes from ``pullback``, the
@@ -300,8 +305,8 @@ def make_method(config, spec):
     def adam(eta, opt_state, grads):
       return adam_step(encoder_opt, eta, opt_state, grads)
 
-    def fit_loss(e):
-      return scale * encoder_fit_loss(lambda a, b: encode(e, a, b), x, xi, targets)
+    def fit_loss(e):  # the codes' dropout masks again
+      return scale * encoder_fit_loss(lambda a, b: encode(e, a, b, dropout_key), x, xi, targets)
 
     def one_step(carry, _):
       loss, grads = jax.value_and_grad(fit_loss)(carry[0])
@@ -360,10 +365,12 @@ def make_method(config, spec):
       x, labels, label_weights = semi_supervised.merged_batch(
           x, x_labeled, batch["label_labeled"], num_pixels, semi.num_classes)
     xi = jax.random.normal(noise_key, (num_particles, latent_dim))  # shared across examples (4.5)
+    dropout_key = jax.random.fold_in(key, 2) if dropout_rate else None
     if fit_particles == num_particles:  # keep the VJP: the fit's first gradient reuses it
-      z, encoder_pullback = jax.vjp(lambda e: encode(e, x[:, None, :], xi[None]), eta)  # [B, M, D]
+      z, encoder_pullback = jax.vjp(
+          lambda e: encode(e, x[:, None, :], xi[None], dropout_key), eta)  # [B, M, D]
     else:
-      z, encoder_pullback = encode(eta, x[:, None, :], xi[None]), None
+      z, encoder_pullback = encode(eta, x[:, None, :], xi[None], dropout_key), None
     if semi:
       label_log_p, label_pullback = label_term(state.params["label_decoder"], z, labels,
                                                label_weights)
@@ -387,7 +394,7 @@ def make_method(config, spec):
                                  section.bandwidth_convention, repulsion_scale, kernel,
                                  precision_cholesky(thetas, z))
     eta, enc_opt_state, fit_losses = fit_encoder(eta, state.opt_state["encoder"], x, xi, moved,
-                                                 z, encoder_pullback)
+                                                 z, encoder_pullback, dropout_key)
     thetas, dec_opt_state = adam_step(decoder_opt, thetas, state.opt_state["decoder"],
                                       decoder_grads)
     params = {"encoder": eta, "decoder": thetas}
@@ -523,7 +530,8 @@ def make_nets(section, spec):
                                tuple(section.encoder_conv_features), act,
                                section.get("conv_kernel_size", 5))
   else:
-    encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), latent_dim, act)
+    encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), latent_dim, act,
+                              section.get("encoder_dropout", 0.0))
   if section.get("decoder_arch", "mlp") == "conv":
     decoder = conv.decoder_from_section(section, spec.shape, 1)
   else:

@@ -41,7 +41,7 @@ from dgm_jax.data import registry, transforms
 from dgm_jax.eval import nll
 from dgm_jax.eval import posterior_shape as shape
 from dgm_jax.models import semi_supervised
-from dgm_jax.models.base import Method, make_optimizer
+from dgm_jax.models.base import Method, check_dropout, make_optimizer
 from dgm_jax.nets import conv
 from dgm_jax.nets.mlp import MLP, GaussianMLP
 from dgm_jax.train.state import TrainState
@@ -73,6 +73,15 @@ def make_method(config, spec):
   optimizer = make_optimizer(section, config.train.num_steps, steps_per_epoch)
   eval_seed = config.eval.binarization_seed
 
+  dropout_rate = check_dropout(section)
+
+  def encode(params, x, dropout_key=None):
+    """(mean, log_var) of q(z | x); with a ``dropout_key`` (training, ``encoder_dropout`` > 0)
+    the encoder's hidden units are dropped (4.5)."""
+    if dropout_key is None:
+      return encoder.apply(params["encoder"], x)
+    return encoder.apply(params["encoder"], x, dropout_key)
+
   def label_log_lik(params, z, labeled):
     """``zeta log p(y | z)`` [S, B] of codes z [S, B, D]; 0 when ``labeled`` is None."""
     if labeled is None:
@@ -87,26 +96,27 @@ def make_method(config, spec):
     log_px_z = pixel_log_prob(x, decoder.apply(params["decoder"], z), likelihood, continuous)
     return log_px_z + likelihoods.gaussian_log_prob(z, 0.0, 0.0).sum(-1)
 
-  def log_weights(params, x, key, num_samples, continuous=False, labeled=None):
+  def log_weights(params, x, key, num_samples, continuous=False, labeled=None, dropout_key=None):
     """[num_samples, B] log p(x, z) - log q(z|x) for z ~ q(z|x), x: [B, P] binary or 8-bit.
 
-    ``labeled = (labels, weights)`` adds ``weights * log p(y | z)`` (semi-supervised).
+    ``labeled = (labels, weights)`` adds ``weights * log p(y | z)`` (semi-supervised);
+    ``dropout_key`` (training) drops the encoder's hidden units at ``encoder_dropout``.
     """
-    mean, log_var = encoder.apply(params["encoder"], x)
+    mean, log_var = encode(params, x, dropout_key)
     z = sample_gaussian(key, mean, log_var, num_samples)
     log_qz = likelihoods.gaussian_log_prob(z, mean, log_var).sum(-1)
     return log_joint(params, x, z, continuous) + label_log_lik(params, z, labeled) - log_qz
 
-  def objective(params, x, key, labeled=None):
+  def objective(params, x, key, labeled=None, dropout_key=None):
     if section.objective == "iwae":
       bound = bounds.iwae_bound(log_weights(params, x, key, section.num_samples,
-                                            train_continuous, labeled))
+                                            train_continuous, labeled, dropout_key))
     else:
-      bound = elbo_closed_form_kl(params, x, key, train_continuous, labeled)
+      bound = elbo_closed_form_kl(params, x, key, train_continuous, labeled, dropout_key)
     return -jnp.mean(bound), {"bound_nats": jnp.mean(bound)}
 
-  def elbo_closed_form_kl(params, x, key, continuous=False, labeled=None):
-    mean, log_var = encoder.apply(params["encoder"], x)
+  def elbo_closed_form_kl(params, x, key, continuous=False, labeled=None, dropout_key=None):
+    mean, log_var = encode(params, x, dropout_key)
     z = sample_gaussian(key, mean, log_var, section.num_samples)
     outputs = decoder.apply(params["decoder"], z)
     log_px_z = (pixel_log_prob(x, outputs, likelihood, continuous)
@@ -139,8 +149,9 @@ def make_method(config, spec):
       x, labels, label_weights = semi_supervised.merged_batch(
           x, x_labeled, batch["label_labeled"], num_pixels, semi.num_classes)
       labeled = (labels, label_weights)
+    dropout_key = jax.random.fold_in(key, 2) if dropout_rate else None
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params, x, sample_key,
-                                                                      labeled)
+                                                                      labeled, dropout_key)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
@@ -208,7 +219,8 @@ def make_nets(section, spec, likelihood):
   if section.get("encoder_arch", "mlp") == "conv":
     encoder = conv.encoder_from_section(section, spec.shape)
   else:
-    encoder = GaussianMLP(tuple(section.hidden_sizes), latent_dim, act)
+    encoder = GaussianMLP(tuple(section.hidden_sizes), latent_dim, act,
+                          section.get("encoder_dropout", 0.0))
   outputs = decoder_outputs(likelihood, num_pixels)
   if section.get("decoder_arch", "mlp") == "conv":
     decoder = conv.decoder_from_section(section, spec.shape, outputs // num_pixels)

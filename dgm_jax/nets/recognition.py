@@ -13,9 +13,10 @@ encoder density follows by the change of variables
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from dgm_jax.nets.mlp import MLP, activation_by_name
+from dgm_jax.nets.mlp import MLP, activation_by_name, dropout
 
 __all__ = ["NoiseMLPEncoder", "NoiseConvEncoder"]
 
@@ -27,20 +28,31 @@ class NoiseMLPEncoder(nn.Module):
     hidden_sizes: widths of the hidden layers.
     latent_dim: dimension of z (and of xi).
     activation: hidden activation name.
+    dropout_rate: dropout on the hidden units when called with a ``dropout_key``
+      (training, 4.5). The mask follows the image: x of [B, 1, D_x] against xi of
+      [1, M, D] draws one mask per example, shared by its M particles, so the
+      particles describe one q(z | x) and a fit on a subset of them sees the same
+      masks as the codes it moves.
   """
 
   hidden_sizes: Sequence[int]
   latent_dim: int
   activation: str = "tanh"
+  dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x, xi):
+  def __call__(self, x, xi, dropout_key=None):
     """x: [..., D_x], xi: [..., latent_dim] (broadcast together) -> z: [..., latent_dim]."""
     act = activation_by_name(self.activation)
     first, *rest = self.hidden_sizes
     hidden = act(nn.Dense(first, name="input_x")(x)
                  + nn.Dense(first, use_bias=False, name="input_xi")(xi))
-    return MLP(tuple(rest), self.latent_dim, self.activation, name="trunk")(hidden)
+    mask_shape = x.shape[:-1]
+    if dropout_key is not None:
+      hidden = dropout(jax.random.fold_in(dropout_key, len(self.hidden_sizes)), hidden,
+                       self.dropout_rate, mask_shape)
+    return MLP(tuple(rest), self.latent_dim, self.activation, self.dropout_rate,
+               name="trunk")(hidden, dropout_key, mask_shape)
 
 
 class NoiseConvEncoder(nn.Module):

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the train state under ``<workdir>/checkpoints``.
+"""Orbax checkpoints of the train state under ``<workdir>/checkpoints``
+(and, with early stopping, the best validated state under ``<workdir>/best``).
 
 Restoring goes through the abstract state from ``jax.eval_shape(init)``
 (shapes, dtypes and target shardings), so a resumed run gets arrays laid out
@@ -16,8 +17,8 @@ __all__ = ["Checkpointer"]
 class Checkpointer:
   """Saves and restores ``TrainState`` pytrees by step number."""
 
-  def __init__(self, workdir, max_to_keep=2):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  def __init__(self, workdir, max_to_keep=2, subdir="checkpoints"):
+    self.directory = os.path.abspath(os.path.join(workdir, subdir))
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,

@@ -9,7 +9,7 @@ from dgm_jax.eval import classifier
 from dgm_jax.nets import conv
 from dgm_jax.train.guards import ConfigError
 
-__all__ = ["validate", "REQUIRED_KEYS"]
+__all__ = ["validate", "REQUIRED_KEYS", "EARLY_STOPPING_METRICS"]
 
 REQUIRED_KEYS = (
     "seed", "data.name", "data.data_dir", "data.batch_size", "train.num_steps",
@@ -18,6 +18,8 @@ REQUIRED_KEYS = (
 )
 _POSITIVE_INTS = ("data.batch_size", "train.num_steps", "train.log_every", "train.eval_every",
                   "train.ckpt_every", "eval.num_importance_samples", "eval.batch_size")
+# Validation metrics early stopping can follow, and whether lower is better.
+EARLY_STOPPING_METRICS = {"nll_nats": True, "error_rate": True, "elbo_nats": False}
 # Network keys of a method section (checked where the section has them: asvae, ali, vae, stein_vae).
 _ARCH_KEYS = ("encoder_arch", "decoder_arch")
 _CONV_FEATURE_KEYS = ("encoder_conv_features", "decoder_conv_features")
@@ -43,6 +45,7 @@ def validate(config, method_name):
   if name is not _MISSING and name not in registry.available():
     problems.append(f"data.name={name!r} is not a known data set; available: "
                     f"{', '.join(registry.available())}")
+  problems.extend(_early_stopping_problems(config))
   spec = config.get("eval", {}).get("classifier", "")
   if spec:  # a plug-in classifier must import now, not after hours of training
     try:
@@ -51,6 +54,20 @@ def validate(config, method_name):
       problems.append(str(error))
   if problems:
     raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _early_stopping_problems(config):
+  """``train.early_stopping`` must name a validation metric the run computes."""
+  metric = config.get("train", {}).get("early_stopping", "")
+  if not metric:
+    return []
+  if metric not in EARLY_STOPPING_METRICS:
+    return [f"train.early_stopping={metric!r} is not one of "
+            f"{', '.join(map(repr, EARLY_STOPPING_METRICS))} ('' turns it off)"]
+  if metric == "nll_nats" and not config.get("eval", {}).get("valid_importance_samples", 0):
+    return ["train.early_stopping='nll_nats' needs eval.valid_importance_samples > 0 (the "
+            "validation NLL); or stop on 'elbo_nats'"]
+  return []
 
 
 def _network_problems(section, method_name):

@@ -7,8 +7,15 @@ stream and, with the stateless data pipeline, ends bit-for-bit where an
 uninterrupted run ends. The state is replicated and the batch split over a
 ``data`` mesh axis. Non-finite metrics stop the run with the step number
 before any checkpoint of a bad state is written.
+
+Early stopping (``train.early_stopping``, section 4.5: "early stopping on
+validation sets"): every validation keeps the best state so far by the named
+metric under ``<workdir>/best`` (its step and value in ``best.json``, so a
+resumed run goes on comparing), and the test split, samples and scores are
+those of that state; ``results.json`` records which (``early_stopping``).
 """
 
+import json
 import os
 import time
 
@@ -21,7 +28,7 @@ from dgm_jax.data import pipeline
 from dgm_jax.eval import classifier, images, nll, scores
 from dgm_jax.train import checkpoint, config_check, guards, parallel, runs, writers
 
-__all__ = ["run", "default_workdir"]
+__all__ = ["run", "default_workdir", "BestState"]
 
 _TRAIN_SALT, _EVAL_SALT = 0, 1
 
@@ -64,6 +71,10 @@ def run(config, workdir=None, method_name=None):
                                         method.semi_supervised.labels_per_class, config.seed)
   except ValueError as error:  # includes DataError
     raise guards.ConfigError(f"section '{method_name}': {error}") from None
+  if config.train.get("early_stopping", "") == "error_rate" and method.semi_supervised is None:
+    raise guards.ConfigError("train.early_stopping='error_rate' needs a semi-supervised run "
+                             f"({method_name}.semi_supervised=True); stop on 'nll_nats' or "
+                             "'elbo_nats'")
   writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   trainer = _Trainer(config, method, data, mesh, workdir, labeled)
@@ -111,6 +122,9 @@ class _Trainer:
     self.log_lik_fn = jax.jit(method.log_likelihood, static_argnums=3)
     self.checkpointer = checkpoint.Checkpointer(workdir)
     self.writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
+    metric = config.train.get("early_stopping", "")
+    self.best = (BestState(workdir, metric, config_check.EARLY_STOPPING_METRICS[metric])
+                 if metric else None)
 
   def _host_block(self, first_step, num_steps):
     """Training batches of steps ``first_step ..`` stacked as ``[num_steps, B, ...]`` (one gather).
@@ -181,7 +195,9 @@ class _Trainer:
         self.checkpointer.save(state)
       if step % config.train.eval_every == 0 or step == num_steps:
         train_time += time.perf_counter() - start_time
-        self._evaluate(state.params, step, "valid", config.eval.valid_importance_samples)
+        valid = self._evaluate(state.params, step, "valid", config.eval.valid_importance_samples)
+        if self.best is not None:
+          self.best.update(state, step, valid)
         start_time = time.perf_counter()
         progress.restart(step)
     train_time += time.perf_counter() - start_time
@@ -236,27 +252,35 @@ class _Trainer:
 
   def _final(self, state, method_name, train_time):
     config, data = self.config, self.data
-    step = int(jax.device_get(state.step))
+    trained_steps = int(jax.device_get(state.step))
+    params, step, stopping = state.params, trained_steps, {}
+    if self.best is not None and self.best.record is not None:  # the best validated state
+      params, step = self.best.restore(self.abstract_state).params, self.best.record["step"]
+      stopping = {"early_stopping": {"metric": self.best.metric, "step": step,
+                                     "valid_value": self.best.record["value"]}}
+      logging.info("Early stopping: evaluating the state of step %d (valid %s=%.4f)", step,
+                   self.best.metric, self.best.record["value"])
     eval_start = time.perf_counter()
     scorer = self._resolve_classifier()  # before the long test NLL: a bad spec fails fast
-    metrics = self._evaluate(state.params, step, "test", config.eval.num_importance_samples)
-    metrics = {**self._sample_scores(state.params, step, scorer, metrics), **metrics}
+    metrics = self._evaluate(params, step, "test", config.eval.num_importance_samples)
+    metrics = {**self._sample_scores(params, step, scorer, metrics), **metrics}
     if self.method.encoder_mean is not None:
-      means = [np.asarray(self.method.encoder_mean(state.params, b))[b["mask"]]
+      means = [np.asarray(self.method.encoder_mean(params, b))[b["mask"]]
                for b in pipeline.eval_batches(data, "test", config.eval.batch_size)]
       metrics["active_units"] = scores.active_units(np.concatenate(means))
     if (data.num_levels == 256 and "nll_nats" in metrics  # 8-bit pixels modeled discretely
         and config[method_name].get("likelihood", "").startswith("discretized")):
       metrics["bits_per_dim"] = nll.bits_per_dim(metrics["nll_nats"], int(np.prod(data.shape)))
-    self._save_images(state.params, step)
+    self._save_images(params, step)
     results = {
         "method": method_name,
         "variant": self.method.name,
         "dataset": data.name,
         "data_source": data.source,
         "num_examples": data.num_examples,
-        "steps": step,
-        "epochs": step * config.data.batch_size / data.num_examples["train"],
+        "steps": trained_steps,
+        "epochs": trained_steps * config.data.batch_size / data.num_examples["train"],
+        **stopping,
         "wall_s": train_time,
         "eval_wall_s": time.perf_counter() - eval_start,
         "split": "test",
@@ -265,6 +289,8 @@ class _Trainer:
     writers.write_json(os.path.join(self.workdir, "results.json"), results)
     self.writer.close()
     self.checkpointer.close()
+    if self.best is not None:
+      self.best.close()
     logging.info("Results in %s: %s", os.path.join(self.workdir, "results.json"), results)
     return results
 
@@ -341,6 +367,52 @@ class _Trainer:
     recon = self.method.reconstruct(params, batch, key)
     pairs = np.stack([batch["x"], np.asarray(recon)], axis=1).reshape((-1,) + batch["x"].shape[1:])
     images.save_grid(os.path.join(samples_dir, f"reconstructions_{step:08d}.png"), pairs, 8)
+
+
+class BestState:
+  """Early stopping's memory: the state with the best validation ``metric`` so far.
+
+  The state is saved under ``<workdir>/best`` (one checkpoint) and its step and
+  value in ``<workdir>/best.json``, written after the state, so a resumed run
+  reads where the comparison stood.
+  """
+
+  def __init__(self, workdir, metric, lower_is_better):
+    self.metric, self.lower_is_better = metric, lower_is_better
+    self.path = os.path.join(workdir, "best.json")
+    self.checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=1, subdir="best")
+    self.record = None  # {"step", "value"} of the best state so far
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.record = json.load(f)
+
+  def improves(self, value):
+    """Whether ``value`` beats the best so far (strictly; a NaN never does)."""
+    if not np.isfinite(value):
+      return False
+    if self.record is None:
+      return True
+    best = self.record["value"]
+    return value < best if self.lower_is_better else value > best
+
+  def update(self, state, step, metrics):
+    """Keeps ``state`` if its validation ``metrics`` beat the best so far; returns whether."""
+    if self.metric not in metrics:
+      raise guards.ConfigError(f"train.early_stopping={self.metric!r}: the validation "
+                               f"metrics have no such name ({', '.join(sorted(metrics))})")
+    value = float(metrics[self.metric])
+    if not self.improves(value):
+      return False
+    self.checkpointer.save(state)
+    self.record = {"step": int(step), "value": value}
+    writers.write_json(self.path, {"metric": self.metric, **self.record})
+    return True
+
+  def restore(self, abstract_state):
+    return self.checkpointer.restore(abstract_state, self.record["step"])
+
+  def close(self):
+    self.checkpointer.close()
 
 
 def _index_block(block, index):

@@ -123,24 +123,26 @@ def test_gauss_newton_precision_of_a_linear_decoder_is_the_exact_hessian(weights
   np.testing.assert_allclose(got, jax.hessian(neg_log_joint)(z), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("encoder_steps,grad_particles,alpha,kernel,preconditioner,fit_particles",
-                         [(1, 0, 1.0, "rbf", "none", 0), (2, 0, 1.0, "rbf", "none", 0),
-                          (1, 2, 1.0, "rbf", "none", 0), (3, 3, 1.0, "rbf", "none", 0),
-                          (1, 0, 6.0, "rbf", "none", 0), (1, 0, 1.0, "coordinatewise", "none", 0),
-                          (2, 0, 2.0, "coordinatewise", "none", 0),
-                          (1, 0, 1.0, "rbf", "gauss_newton", 0),
-                          (2, 0, 16.0, "rbf", "gauss_newton", 0),
-                          (1, 1, 1.0, "rbf", "none", 2), (2, 0, 6.0, "rbf", "none", 3)])
+@pytest.mark.parametrize(
+    "encoder_steps,grad_particles,alpha,kernel,preconditioner,fit_particles,dropout_rate",
+    [(1, 0, 1.0, "rbf", "none", 0, 0.0), (2, 0, 1.0, "rbf", "none", 0, 0.0),
+     (1, 2, 1.0, "rbf", "none", 0, 0.0), (3, 3, 1.0, "rbf", "none", 0, 0.0),
+     (1, 0, 6.0, "rbf", "none", 0, 0.0), (1, 0, 1.0, "coordinatewise", "none", 0, 0.0),
+     (2, 0, 2.0, "coordinatewise", "none", 0, 0.0),
+     (1, 0, 1.0, "rbf", "gauss_newton", 0, 0.0),
+     (2, 0, 16.0, "rbf", "gauss_newton", 0, 0.0),
+     (1, 1, 1.0, "rbf", "none", 2, 0.0), (2, 0, 6.0, "rbf", "none", 3, 0.0),
+     (1, 0, 1.0, "rbf", "none", 0, 0.5), (2, 1, 1.0, "rbf", "none", 2, 0.5)])
 def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha, kernel,
-                                                     preconditioner, fit_particles):
+                                                     preconditioner, fit_particles, dropout_rate):
   """The optimized step (encoder pullback reused, decoder and encoder gradients from
-  particle subsets) against a plain composition of the algorithm's steps 1-5."""
+  particle subsets, encoder dropout) against a plain composition of the algorithm's steps 1-5."""
   config = mnist.get_config("smoke")
   section = config.stein_vae
   section.update(num_particles=4, encoder_steps=encoder_steps,
                  decoder_grad_particles=grad_particles, encoder_fit_particles=fit_particles,
                  svgd_step_size=0.05, learning_rate=1e-2, repulsion_scale=alpha, kernel=kernel,
-                 preconditioner=preconditioner)
+                 preconditioner=preconditioner, encoder_dropout=dropout_rate)
   data = registry.load("digits")
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
   method = stein_vae.make_method(config, spec)
@@ -150,9 +152,12 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   new_state, metrics = jax.jit(method.train_step)(state, batch, key)
 
   # The same algorithm, written out with no shared intermediate results.
-  encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), section.latent_dim, section.activation)
+  encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), section.latent_dim, section.activation,
+                            dropout_rate)
   decoder = MLP(tuple(section.decoder_hidden), int(np.prod(spec.shape)), section.activation)
   binarize_key, noise_key = jax.random.split(key)
+  # One set of dropout masks for the step: the codes and every fit step see the same ones.
+  dropout_key = jax.random.fold_in(key, 2) if dropout_rate else None
   x = transforms.dynamic_binarize(binarize_key, batch["x"].reshape(8, -1))
   xi = jax.random.normal(noise_key, (4, section.latent_dim))
   eta, theta = state.params["encoder"], state.params["decoder"]
@@ -162,7 +167,7 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
     log_lik = jnp.sum(x[:, None] * logits - jax.nn.softplus(logits), -1)
     return log_lik - 0.5 * jnp.sum(z**2, -1) - 0.5 * z.shape[-1] * np.log(2 * np.pi)
 
-  z = encoder.apply(eta, x[:, None], xi[None])
+  z = encoder.apply(eta, x[:, None], xi[None], dropout_key)
   scores = jax.grad(lambda c: jnp.sum(log_joint(theta, c)))(z)
   # SVGD (4.12) per example, the repulsive term scaled by alpha, written out.
   def direction(particles, particle_scores):
@@ -200,7 +205,8 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   m_fit = fit_particles or 4  # the first m_fit particles, their squared errors times 4 / m_fit
   for _ in range(encoder_steps):
     grads = jax.grad(lambda e: 0.5 * (4 / m_fit) * jnp.mean(jnp.sum(
-        (encoder.apply(e, x[:, None], xi[None, :m_fit]) - moved[:, :m_fit]) ** 2, (1, 2))))(eta)
+        (encoder.apply(e, x[:, None], xi[None, :m_fit], dropout_key) - moved[:, :m_fit]) ** 2,
+        (1, 2))))(eta)
     updates, enc_state = enc_opt.update(grads, enc_state, eta)
     eta = optax.apply_updates(eta, updates)
   m = grad_particles or 4

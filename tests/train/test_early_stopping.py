@@ -1,0 +1,98 @@
+"""Early stopping (section 4.5): the test split sees the state that validated best."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from workdir_helpers import read_metrics
+
+from configs import mnist
+from dgm_jax.train import config_check, guards, loop
+
+NUM_STEPS, EVAL_EVERY = 20, 5
+
+
+def smoke_config(variant="smoke", **train):
+  config = mnist.get_config(variant)
+  config.data.name = "digits"  # bundled with scikit-learn: no data set needed
+  config.train.update({**dict(num_steps=NUM_STEPS, eval_every=EVAL_EVERY, ckpt_every=EVAL_EVERY,
+                              log_every=EVAL_EVERY, tensorboard=False), **train})
+  config.eval.update(num_score_samples=0)
+  # A constant rate, so that the state at step s is the same whatever num_steps is.
+  for section in (config.vae, config.stein_vae):
+    section.update(lr_schedule="constant", final_lr_fraction=1.0)
+  return config
+
+
+def valid_rows(workdir):
+  return [r for r in read_metrics(workdir) if r["split"] == "valid"]
+
+
+@pytest.mark.parametrize("method,metric,lower_is_better", [
+    ("vae", "nll_nats", False), ("stein_vae", "elbo_nats", True)])
+def test_the_test_split_sees_the_state_of_the_selected_step(tmp_path, monkeypatch, method,
+                                                            metric, lower_is_better):
+  """The direction is flipped so that an early, worse state is chosen rather than the final
+  one; its test figures must equal those of a run trained for exactly that many steps."""
+  monkeypatch.setitem(config_check.EARLY_STOPPING_METRICS, metric, lower_is_better)
+  stopped = str(tmp_path / "stopped")
+  results = loop.run(smoke_config(early_stopping=metric), stopped, method)
+  values = {r["step"]: r[metric] for r in valid_rows(stopped)}
+  assert sorted(values) == list(range(EVAL_EVERY, NUM_STEPS + 1, EVAL_EVERY))
+  pick = min if lower_is_better else max
+  best_step = pick(values, key=lambda s: (values[s], s))  # the first of equal values
+  assert best_step < NUM_STEPS, values  # otherwise the test shows nothing
+  assert results["early_stopping"] == {"metric": metric, "step": best_step,
+                                       "valid_value": values[best_step]}
+  assert results["steps"] == NUM_STEPS
+  with open(os.path.join(stopped, "best.json")) as f:
+    assert json.load(f) == {"metric": metric, "step": best_step, "value": values[best_step]}
+
+  short = str(tmp_path / "short")
+  reference = loop.run(smoke_config(num_steps=best_step), short, method)
+  for key in ("nll_nats", "elbo_nats", "rmse", "active_units"):
+    np.testing.assert_allclose(results[key], reference[key], rtol=1e-6, err_msg=key)
+  test_rows = [r for r in read_metrics(stopped) if r["split"] == "test"]
+  assert [r["step"] for r in test_rows] == [best_step]
+
+
+def test_a_resumed_run_goes_on_comparing_with_the_best_so_far(tmp_path):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  loop.run(smoke_config("smoke,semi", early_stopping="error_rate"), straight, "vae")
+  loop.run(smoke_config("smoke,semi", early_stopping="error_rate", num_steps=10), resumed, "vae")
+  with open(os.path.join(resumed, "best.json")) as f:
+    halfway = json.load(f)
+  assert halfway["step"] in (5, 10)
+  results = loop.run(smoke_config("smoke,semi", early_stopping="error_rate"), resumed, "vae")
+  with open(os.path.join(straight, "best.json")) as f, open(
+      os.path.join(resumed, "best.json")) as g:
+    assert json.load(f) == json.load(g)
+  errors = {r["step"]: r["error_rate"] for r in valid_rows(straight)}
+  best = min(errors, key=lambda s: (errors[s], s))
+  assert results["early_stopping"]["step"] == best
+  assert results["early_stopping"]["valid_value"] == errors[best]
+
+
+@pytest.mark.parametrize("variant,train,evaluation,needle", [
+    ("smoke", {"early_stopping": "accuracy"}, {}, "train.early_stopping='accuracy' is not one of"),
+    ("smoke", {"early_stopping": "nll_nats"}, {"valid_importance_samples": 0},
+     "needs eval.valid_importance_samples > 0"),
+    ("smoke", {"early_stopping": "error_rate"}, {}, "needs a semi-supervised run"),
+])
+def test_bad_early_stopping_settings_stop_before_training(tmp_path, variant, train, evaluation,
+                                                          needle):
+  config = smoke_config(variant, **train)
+  config.eval.update(evaluation)
+  with pytest.raises(guards.ConfigError, match=needle):
+    loop.run(config, str(tmp_path / "run"), "vae")
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_best_state_never_takes_a_nan_and_keeps_the_first_of_equal_values(tmp_path):
+  best = loop.BestState(str(tmp_path), "nll_nats", lower_is_better=True)
+  assert not best.improves(float("nan"))
+  assert best.improves(90.0)
+  best.record = {"step": 5, "value": 90.0}
+  assert not best.improves(90.0) and best.improves(89.9) and not best.improves(90.1)
+  best.close()
