@@ -79,6 +79,14 @@ def test_bad_dropout_settings_stop_with_one_message(module, rate, extra, message
     module.make_method(config, spec)
 
 
+def test_the_viwae_refuses_dropout():
+  config = mnist.get_config("smoke,viwae")
+  config.stein_vae.encoder_dropout = 0.2
+  spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
+  with pytest.raises(ValueError, match="applies to the Stein VAE only"):
+    stein_vae.make_method(config, spec)
+
+
 @pytest.mark.parametrize("module", [vae, stein_vae])
 def test_dropout_acts_in_the_train_step_and_leaves_evaluation_deterministic(module):
   data = registry.load("digits")

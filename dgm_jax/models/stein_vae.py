@@ -240,6 +240,10 @@ def make_method(config, spec):
   semi = semi_supervised.settings_from(section, spec)
   conv.check_section(section, spec.shape)
   dropout_rate = check_dropout(section)
+  if dropout_rate and section.importance_weighted:
+    raise ValueError("encoder_dropout applies to the Stein VAE only: the VIWAE's weights need "
+                     "the change-of-variables density of each example's masked encoder; set it "
+                     "to 0")
   encoder, decoder = make_nets(section, spec)
   label_decoder = semi_supervised.LabelDecoder(semi.num_classes) if semi else None
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
