@@ -72,7 +72,8 @@ def load_run(workdir, data=None, step=None):
     workdir: a run's output folder (``config.json`` and ``checkpoints/``).
     data: its ``Dataset``, when already loaded (e.g. shared by several runs
       of one data set); ``load_data(config)`` otherwise.
-    step: the checkpoint to restore; the newest when None.
+    step: the checkpoint to restore; when None, the state ``results.json`` describes:
+      the best validated one of an early-stopped run (``<workdir>/best``), else the newest.
 
   Returns:
     A ``Run``.
@@ -89,7 +90,9 @@ def load_run(workdir, data=None, step=None):
     raise ConfigError(f"{workdir}, section '{config.method}': {error}") from None
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise ConfigError(f"{workdir} holds no checkpoints/; finish or resume the run first")
-  checkpointer = checkpoint.Checkpointer(workdir)
+  best = os.path.join(workdir, "best.json")
+  use_best = step is None and config.train.get("early_stopping", "") and os.path.exists(best)
+  checkpointer = checkpoint.Checkpointer(workdir, subdir="best" if use_best else "checkpoints")
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:

@@ -8,7 +8,7 @@ import pytest
 from workdir_helpers import read_metrics
 
 from configs import mnist
-from dgm_jax.train import config_check, guards, loop
+from dgm_jax.train import config_check, guards, loop, runs
 
 NUM_STEPS, EVAL_EVERY = 20, 5
 
@@ -55,6 +55,9 @@ def test_the_test_split_sees_the_state_of_the_selected_step(tmp_path, monkeypatc
     np.testing.assert_allclose(results[key], reference[key], rtol=1e-6, err_msg=key)
   test_rows = [r for r in read_metrics(stopped) if r["split"] == "test"]
   assert [r["step"] for r in test_rows] == [best_step]
+  # Tools that reopen the run (experiments.decoder_nll, compare_reconstructions) get that state.
+  assert int(runs.load_run(stopped).state.step) == best_step
+  assert int(runs.load_run(stopped, step=NUM_STEPS).state.step) == NUM_STEPS
 
 
 def test_a_resumed_run_goes_on_comparing_with_the_best_so_far(tmp_path):
