@@ -384,7 +384,12 @@ class BestState:
     self.record = None  # {"step", "value"} of the best state so far
     if os.path.exists(self.path):
       with open(self.path) as f:
-        self.record = json.load(f)
+        stored = json.load(f)
+      if stored.get("metric") != metric:
+        raise guards.ConfigError(
+            f"{workdir} kept its best state by {stored.get('metric')!r}: resume it with "
+            f"train.early_stopping={stored.get('metric')!r}, or use a fresh workdir")
+      self.record = {"step": stored["step"], "value": stored["value"]}
 
   def improves(self, value):
     """Whether ``value`` beats the best so far (strictly; a NaN never does)."""

@@ -3,12 +3,14 @@
 import json
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from workdir_helpers import read_metrics
 
 from configs import mnist
 from dgm_jax.train import config_check, guards, loop, runs
+from dgm_jax.train.state import TrainState
 
 NUM_STEPS, EVAL_EVERY = 20, 5
 
@@ -99,3 +101,15 @@ def test_best_state_never_takes_a_nan_and_keeps_the_first_of_equal_values(tmp_pa
   best.record = {"step": 5, "value": 90.0}
   assert not best.improves(90.0) and best.improves(89.9) and not best.improves(90.1)
   best.close()
+
+
+def test_a_workdir_kept_by_one_metric_refuses_another(tmp_path):
+  best = loop.BestState(str(tmp_path), "error_rate", lower_is_better=True)
+  state = TrainState(step=jnp.asarray(5, jnp.int32), params={"w": jnp.ones(3)}, opt_state={})
+  assert best.update(state, 5, {"error_rate": 0.1})
+  best.close()
+  with pytest.raises(guards.ConfigError, match="kept its best state by 'error_rate'"):
+    loop.BestState(str(tmp_path), "nll_nats", lower_is_better=True)
+  again = loop.BestState(str(tmp_path), "error_rate", lower_is_better=True)
+  assert again.record == {"step": 5, "value": 0.1}
+  again.close()
