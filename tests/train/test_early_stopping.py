@@ -42,8 +42,8 @@ def test_the_test_split_sees_the_state_of_the_selected_step(tmp_path, monkeypatc
   results = loop.run(smoke_config(early_stopping=metric), stopped, method)
   values = {r["step"]: r[metric] for r in valid_rows(stopped)}
   assert sorted(values) == list(range(EVAL_EVERY, NUM_STEPS + 1, EVAL_EVERY))
-  pick = min if lower_is_better else max
-  best_step = pick(values, key=lambda s: (values[s], s))  # the first of equal values
+  sign = 1.0 if lower_is_better else -1.0
+  best_step = min(values, key=lambda s: (sign * values[s], s))  # the first of equal values
   assert best_step < NUM_STEPS, values  # otherwise the test shows nothing
   assert results["early_stopping"] == {"metric": metric, "step": best_step,
                                        "valid_value": values[best_step]}
