@@ -28,6 +28,10 @@ class Checkpointer:
     """The newest saved step, or None."""
     return self._manager.latest_step()
 
+  def all_steps(self):
+    """The saved steps."""
+    return list(self._manager.all_steps())
+
   def save(self, state):
     """Saves ``state`` under its own step number (no-op if already saved)."""
     step = int(jax.device_get(state.step))

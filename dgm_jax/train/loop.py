@@ -17,6 +17,7 @@ those of that state; ``results.json`` records which (``early_stopping``).
 
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -123,7 +124,8 @@ class _Trainer:
     self.checkpointer = checkpoint.Checkpointer(workdir)
     self.writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
     metric = config.train.get("early_stopping", "")
-    self.best = (BestState(workdir, metric, config_check.EARLY_STOPPING_METRICS[metric])
+    fresh = self.checkpointer.latest_step() is None  # a run from step 0 forgets an old best
+    self.best = (BestState(workdir, metric, config_check.EARLY_STOPPING_METRICS[metric], fresh)
                  if metric else None)
 
   def _host_block(self, first_step, num_steps):
@@ -191,8 +193,6 @@ class _Trainer:
         continue
       self._flush(history, progress, step)
       history = []
-      if step % config.train.ckpt_every == 0 or step == num_steps:
-        self.checkpointer.save(state)
       if step % config.train.eval_every == 0 or step == num_steps:
         train_time += time.perf_counter() - start_time
         valid = self._evaluate(state.params, step, "valid", config.eval.valid_importance_samples)
@@ -200,6 +200,10 @@ class _Trainer:
           self.best.update(state, step, valid)
         start_time = time.perf_counter()
         progress.restart(step)
+      # After the validation: a run killed during it resumes before this step and validates
+      # it again, so early stopping never skips a state.
+      if step % config.train.ckpt_every == 0 or step == num_steps:
+        self.checkpointer.save(state)
     train_time += time.perf_counter() - start_time
     return self._final(state, method_name, train_time)
 
@@ -373,13 +377,20 @@ class BestState:
   """Early stopping's memory: the state with the best validation ``metric`` so far.
 
   The state is saved under ``<workdir>/best`` (one checkpoint) and its step and
-  value in ``<workdir>/best.json``, written after the state, so a resumed run
-  reads where the comparison stood.
+  value in ``<workdir>/best.json``, written after the state. A resumed run reads
+  where the comparison stood. If the two disagree (a run killed between the
+  writes), the record is dropped: the loop checkpoints only after validating, so
+  the resumed run validates that step again and finds the same state.
   """
 
-  def __init__(self, workdir, metric, lower_is_better):
+  def __init__(self, workdir, metric, lower_is_better, fresh=False):
     self.metric, self.lower_is_better = metric, lower_is_better
     self.path = os.path.join(workdir, "best.json")
+    directory = os.path.join(workdir, "best")
+    if fresh:  # a run starting from step 0 must not compare with an earlier run's states
+      shutil.rmtree(directory, ignore_errors=True)
+      if os.path.exists(self.path):
+        os.remove(self.path)
     self.checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=1, subdir="best")
     self.record = None  # {"step", "value"} of the best state so far
     if os.path.exists(self.path):
@@ -389,7 +400,12 @@ class BestState:
         raise guards.ConfigError(
             f"{workdir} kept its best state by {stored.get('metric')!r}: resume it with "
             f"train.early_stopping={stored.get('metric')!r}, or use a fresh workdir")
-      self.record = {"step": stored["step"], "value": stored["value"]}
+      if self.checkpointer.latest_step() == stored["step"]:
+        self.record = {"step": stored["step"], "value": stored["value"]}
+      else:
+        logging.warning("%s names step %s, %s holds %s: early stopping starts comparing "
+                        "again from the resumed step", self.path, stored["step"], directory,
+                        self.checkpointer.latest_step())
 
   def improves(self, value):
     """Whether ``value`` beats the best so far (strictly; a NaN never does)."""

@@ -72,8 +72,9 @@ def load_run(workdir, data=None, step=None):
     workdir: a run's output folder (``config.json`` and ``checkpoints/``).
     data: its ``Dataset``, when already loaded (e.g. shared by several runs
       of one data set); ``load_data(config)`` otherwise.
-    step: the checkpoint to restore; when None, the state ``results.json`` describes:
-      the best validated one of an early-stopped run (``<workdir>/best``), else the newest.
+    step: the checkpoint to restore; when None, the newest, or for a run with early
+      stopping the best validated state so far (``best.json``), which for a finished run
+      is the state ``results.json`` describes.
 
   Returns:
     A ``Run``.
@@ -92,12 +93,17 @@ def load_run(workdir, data=None, step=None):
     raise ConfigError(f"{workdir} holds no checkpoints/; finish or resume the run first")
   best = os.path.join(workdir, "best.json")
   use_best = step is None and config.train.get("early_stopping", "") and os.path.exists(best)
-  checkpointer = checkpoint.Checkpointer(workdir, subdir="best" if use_best else "checkpoints")
+  subdir = "best" if use_best else "checkpoints"
+  if use_best:
+    with open(best) as f:
+      step = json.load(f)["step"]
+  checkpointer = checkpoint.Checkpointer(workdir, subdir=subdir)
   try:
     step = checkpointer.latest_step() if step is None else step
-    if step is None:
-      raise ConfigError(f"{workdir}/checkpoints holds no checkpoint; finish or resume the run "
-                        "first")
+    if step is None or (use_best and step not in checkpointer.all_steps()):
+      what = f"of step {step} (best.json)" if use_best else ""
+      raise ConfigError(f"{workdir}/{subdir} holds no checkpoint {what}; finish or resume the "
+                        "run first")
     state = checkpointer.restore(abstract_state(method, config, data), step)
   finally:
     checkpointer.close()

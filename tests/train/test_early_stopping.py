@@ -62,21 +62,52 @@ def test_the_test_split_sees_the_state_of_the_selected_step(tmp_path, monkeypatc
   assert int(runs.load_run(stopped, step=NUM_STEPS).state.step) == NUM_STEPS
 
 
-def test_a_resumed_run_goes_on_comparing_with_the_best_so_far(tmp_path):
+def test_a_resumed_run_goes_on_comparing_with_the_best_so_far(tmp_path, monkeypatch):
+  """Higher NLL counts as better here, so the best state comes before the resume point: a
+  resumed run that forgot it would pick a later one."""
+  monkeypatch.setitem(config_check.EARLY_STOPPING_METRICS, "nll_nats", False)
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  loop.run(smoke_config("smoke,semi", early_stopping="error_rate"), straight, "vae")
-  loop.run(smoke_config("smoke,semi", early_stopping="error_rate", num_steps=10), resumed, "vae")
-  with open(os.path.join(resumed, "best.json")) as f:
-    halfway = json.load(f)
-  assert halfway["step"] in (5, 10)
-  results = loop.run(smoke_config("smoke,semi", early_stopping="error_rate"), resumed, "vae")
+  loop.run(smoke_config(early_stopping="nll_nats"), straight, "vae")
+  loop.run(smoke_config(early_stopping="nll_nats", num_steps=10), resumed, "vae")
+  results = loop.run(smoke_config(early_stopping="nll_nats"), resumed, "vae")
+  values = {r["step"]: r["nll_nats"] for r in valid_rows(straight)}
+  best = min(values, key=lambda s: (-values[s], s))
+  assert best <= 10, values  # before the resume point, or the test shows nothing
   with open(os.path.join(straight, "best.json")) as f, open(
       os.path.join(resumed, "best.json")) as g:
-    assert json.load(f) == json.load(g)
-  errors = {r["step"]: r["error_rate"] for r in valid_rows(straight)}
-  best = min(errors, key=lambda s: (errors[s], s))
+    assert json.load(f) == json.load(g) == {"metric": "nll_nats", "step": best,
+                                            "value": values[best]}
   assert results["early_stopping"]["step"] == best
-  assert results["early_stopping"]["valid_value"] == errors[best]
+
+
+def test_a_run_from_step_zero_forgets_an_old_best_state(tmp_path):
+  """A workdir whose checkpoints were removed starts over: its old best must not win."""
+  workdir = str(tmp_path / "run")
+  best = loop.BestState(workdir, "nll_nats", lower_is_better=True)
+  assert best.update(_state(3), 3, {"nll_nats": -1e9})  # unbeatable
+  best.close()
+  results = loop.run(smoke_config(early_stopping="nll_nats"), workdir, "vae")
+  assert results["early_stopping"]["step"] != 3
+  assert results["early_stopping"]["valid_value"] > -1e9
+
+
+def test_a_record_without_its_checkpoint_is_dropped(tmp_path):
+  best = loop.BestState(str(tmp_path), "nll_nats", lower_is_better=True)
+  assert best.update(_state(5), 5, {"nll_nats": 90.0})
+  best.close()
+  with open(tmp_path / "best.json", "w") as f:  # as if killed between the two writes
+    json.dump({"metric": "nll_nats", "step": 4, "value": 95.0}, f)
+  again = loop.BestState(str(tmp_path), "nll_nats", lower_is_better=True)
+  assert again.record is None
+  again.close()
+  kept = loop.BestState(str(tmp_path), "nll_nats", lower_is_better=True)
+  assert kept.update(_state(5), 5, {"nll_nats": 90.0})
+  kept.close()
+  assert loop.BestState(str(tmp_path), "nll_nats", True).record == {"step": 5, "value": 90.0}
+
+
+def _state(step):
+  return TrainState(step=jnp.asarray(step, jnp.int32), params={"w": jnp.ones(3)}, opt_state={})
 
 
 @pytest.mark.parametrize("variant,train,evaluation,needle", [
@@ -105,8 +136,7 @@ def test_best_state_never_takes_a_nan_and_keeps_the_first_of_equal_values(tmp_pa
 
 def test_a_workdir_kept_by_one_metric_refuses_another(tmp_path):
   best = loop.BestState(str(tmp_path), "error_rate", lower_is_better=True)
-  state = TrainState(step=jnp.asarray(5, jnp.int32), params={"w": jnp.ones(3)}, opt_state={})
-  assert best.update(state, 5, {"error_rate": 0.1})
+  assert best.update(_state(5), 5, {"error_rate": 0.1})
   best.close()
   with pytest.raises(guards.ConfigError, match="kept its best state by 'error_rate'"):
     loop.BestState(str(tmp_path), "nll_nats", lower_is_better=True)
