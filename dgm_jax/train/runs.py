@@ -101,8 +101,8 @@ def load_run(workdir, data=None, step=None):
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None or (use_best and step not in checkpointer.all_steps()):
-      what = f"of step {step} (best.json)" if use_best else ""
-      raise ConfigError(f"{workdir}/{subdir} holds no checkpoint {what}; finish or resume the "
+      what = f" of step {step} (best.json)" if use_best else ""
+      raise ConfigError(f"{workdir}/{subdir} holds no checkpoint{what}; finish or resume the "
                         "run first")
     state = checkpointer.restore(abstract_state(method, config, data), step)
   finally:
