@@ -95,6 +95,13 @@ def stein_vae_section(**overrides):
       # 'none' (the dissertation's) or 'gauss_newton': the kernel whitened by each example's
       # Gauss-Newton precision at its mean particle (svgd.preconditioned_svgd_direction)
       preconditioner="none",
+      # lambda: the fit (4.13) also ascends lambda eps E log|det df/dxi| (q's entropy by the
+      # change of variables; not in the dissertation, 0 is its fit), estimated on the first
+      # entropy_particles particles per example (models.stein_vae docstring)
+      entropy_weight=0.0, entropy_particles=1,
+      # 'euclidean' (the dissertation's (4.13)) or 'precision': the fit's errors measured by
+      # the Gauss-Newton precision Q (needs preconditioner='gauss_newton')
+      fit_metric="euclidean",
       decoder_grad_particles=0,  # particles per example in the gradient of (4.1); 0: all M
       encoder_fit_particles=0,  # particles per example in the encoder's fit (4.13); 0: all M
       eval_elbo_samples=10,

@@ -12,7 +12,13 @@ samples of q with it, in the coordinates that whiten H:
 - ``kl_gaussian``: KL(N(m_q, S_q) || N(mode, H^-1)) = (tr A - d - log det A +
   mahalanobis_sq) / 2, the part of KL(q || p(z | x)) that the two moments show;
 - ``log_det_precision = log det H``: how sharp the decoder has made the posterior
-  (it grows while a model's posteriors shrink).
+  (it grows while a model's posteriors shrink);
+- ``entropy_deficit`` (when the samples' ``log q`` is known: the VAE's Gaussian, the
+  Stein encoder's change of variables): ``H(N(m_q, S_q)) - H(q)``, how much less
+  entropy q has than a Gaussian of its own moments. 0 for a Gaussian q, large for a
+  q that spreads its samples as widely but lies thin along a folded surface. Since
+  the cross-entropy with a Gaussian depends on q's first two moments only,
+  ``KL(q || N(mode, H^-1)) = kl_gaussian + entropy_deficit`` exactly.
 
 Used by ``experiments.decoder_nll`` (``--shape_examples``) on the VAE and the
 Stein VAE alike.
@@ -23,10 +29,12 @@ import jax.numpy as jnp
 
 from dgm_jax.eval import nll
 
-__all__ = ["SHAPE_METRICS", "gaussian_mismatch", "shape_mismatch", "batched_shape_mismatch"]
+__all__ = ["SHAPE_METRICS", "ENTROPY_METRIC", "gaussian_mismatch", "gaussian_entropy",
+           "shape_mismatch", "batched_shape_mismatch"]
 
 SHAPE_METRICS = ("whitened_var_min", "whitened_var_median", "whitened_var_max",
                  "mahalanobis_sq", "kl_gaussian", "log_det_precision")
+ENTROPY_METRIC = "entropy_deficit"  # with the samples' log q
 # From q's mean, a full Newton step can overshoot where log p(x, z) is not concave.
 NEWTON_STEP_SCALES = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
 
@@ -63,12 +71,21 @@ def gaussian_mismatch(mean, covariance, mode, precisions, axes):
   }
 
 
-def shape_mismatch(log_joint, samples):
+def gaussian_entropy(covariance):
+  """H(N(., S)) = (D log(2 pi e) + log det S) / 2 in nats; -inf for a singular S."""
+  dim = covariance.shape[-1]
+  _, log_det = jnp.linalg.slogdet(covariance)
+  return 0.5 * (dim * jnp.log(2 * jnp.pi * jnp.e) + log_det)
+
+
+def shape_mismatch(log_joint, samples, log_q=None):
   """``gaussian_mismatch`` of q's samples of one example against its Laplace fit.
 
   Args:
     log_joint: ``z [n, D] -> [n]`` log p(x, z) of the example.
     samples: [S, D] draws from q(z | x), S > D.
+    log_q: None, or [S] log q(z | x) of the samples, which adds ``entropy_deficit``
+      (q's entropy estimated by their mean of -log q).
 
   Returns:
     {name: scalar}; the mode search starts from the samples' mean, with 20 Newton
@@ -78,10 +95,16 @@ def shape_mismatch(log_joint, samples):
   covariance = jnp.cov(samples, rowvar=False)
   mode, precisions, axes = nll.laplace_proposal(log_joint, mean, num_newton_steps=20,
                                                 step_scales=NEWTON_STEP_SCALES)
-  return gaussian_mismatch(mean, covariance, mode, precisions, axes)
+  metrics = gaussian_mismatch(mean, covariance, mode, precisions, axes)
+  if log_q is not None:
+    metrics[ENTROPY_METRIC] = gaussian_entropy(covariance) + jnp.mean(log_q)
+  return metrics
 
 
-def batched_shape_mismatch(log_joint, x, samples):
+def batched_shape_mismatch(log_joint, x, samples, log_q=None):
   """``shape_mismatch`` per example: log_joint ``(x_n [P], z [n, D]) -> [n]``, x [B, P],
-  samples [B, S, D] -> {name: [B]}."""
-  return jax.vmap(lambda x_n, s: shape_mismatch(lambda z: log_joint(x_n, z), s))(x, samples)
+  samples [B, S, D], log_q None or [B, S] -> {name: [B]}."""
+  if log_q is None:
+    return jax.vmap(lambda x_n, s: shape_mismatch(lambda z: log_joint(x_n, z), s))(x, samples)
+  return jax.vmap(lambda x_n, s, lq: shape_mismatch(lambda z: log_joint(x_n, z), s, lq))(
+      x, samples, log_q)

@@ -91,11 +91,14 @@ __all__ = [
     "encoder_fit_loss",
     "codes_fit_loss",
     "change_of_variables_log_q",
+    "log_abs_det_jacobian",
     "gauss_newton_precision",
     "PRECONDITIONERS",
+    "FIT_METRICS",
 ]
 
 PRECONDITIONERS = ("none", "gauss_newton")
+FIT_METRICS = ("euclidean", "precision")
 
 
 def latent_scores(log_joint_fn, z):
@@ -146,7 +149,7 @@ def svgd_move(z, scores, step_size, log_weights=None, convention="liu_wang",
           jnp.mean(bandwidth.reshape(bandwidth.shape[0], -1), axis=1))
 
 
-def encoder_fit_loss(encode, x, xi, targets):
+def encoder_fit_loss(encode, x, xi, targets, metric_cholesky=None):
   """(4.13): ``sum_j ||f_eta(x_n, xi_j) - z'_jn||^2 / 2``, averaged over examples.
 
   Args:
@@ -154,16 +157,22 @@ def encoder_fit_loss(encode, x, xi, targets):
     x: [B, P].
     xi: [M, D].
     targets: [B, M, D] moved particles z'.
+    metric_cholesky: None (Euclidean, the dissertation's), or [B, D, D] factors L of
+      each example's metric Q = L L^T: the errors are measured as ``|L^T (f - z')|``.
 
   Returns:
     Scalar loss.
   """
-  return codes_fit_loss(encode(x[:, None, :], xi[None]), targets)
+  return codes_fit_loss(encode(x[:, None, :], xi[None]), targets, metric_cholesky)
 
 
-def codes_fit_loss(codes, targets):
-  """(4.13) of given codes ``[B, M, D]``; its gradient in codes is ``(codes - targets) / B``."""
-  return 0.5 * jnp.mean(jnp.sum(jnp.square(codes - targets), axis=(-2, -1)))
+def codes_fit_loss(codes, targets, metric_cholesky=None):
+  """(4.13) of given codes ``[B, M, D]``; its gradient in codes is ``Q (codes - targets) / B``
+  (Q = I without ``metric_cholesky``)."""
+  errors = codes - targets
+  if metric_cholesky is not None:  # rows e L = (L^T e)^T
+    errors = jnp.einsum("bmd,bde->bme", errors, jax.lax.stop_gradient(metric_cholesky))
+  return 0.5 * jnp.mean(jnp.sum(jnp.square(errors), axis=(-2, -1)))
 
 
 def change_of_variables_log_q(encode_one, xi):
@@ -181,6 +190,31 @@ def change_of_variables_log_q(encode_one, xi):
   _, log_abs_det = jnp.linalg.slogdet(jacobian)
   log_q0 = jnp.sum(likelihoods.gaussian_log_prob(xi, 0.0, 0.0))
   return z, log_q0 - log_abs_det
+
+
+def log_abs_det_jacobian(encode_noise, xi):
+  """``log |det df/dxi|`` at every code of a row-wise map ``z = f(xi)``.
+
+  The entropy of the encoder's q by the change of variables (4.5.2) is
+  ``H(q0) + E log |det df/dxi|``. One forward-mode pass per latent direction
+  gives column k of every code's Jacobian at once, so examples, particles and a
+  shared dropout mask need no per-code ``jacfwd``.
+
+  Args:
+    encode_noise: ``xi [..., D] -> z [..., D]`` (broadcast to the codes' shape), where
+      each code depends on its own row of xi only (``NoiseMLPEncoder``: z[b, j] on xi[j]).
+    xi: [..., D] the noise.
+
+  Returns:
+    [...codes] log |det| of each code's D x D Jacobian (the codes' batch shape).
+  """
+  latent_dim = xi.shape[-1]
+
+  def column(direction):
+    return jax.jvp(encode_noise, (xi,), (jnp.broadcast_to(direction, xi.shape),))[1]
+
+  columns = jax.vmap(column)(jnp.eye(latent_dim, dtype=xi.dtype))  # [D(in), ..., D(out)]
+  return jnp.linalg.slogdet(jnp.moveaxis(columns, 0, -1))[1]
 
 
 def gauss_newton_precision(logits_fn, z):
@@ -244,6 +278,22 @@ def make_method(config, spec):
     raise ValueError("encoder_dropout applies to the Stein VAE only: the VIWAE's weights need "
                      "the change-of-variables density of each example's masked encoder; set it "
                      "to 0")
+  fit_metric = section.get("fit_metric", "euclidean")
+  if fit_metric not in FIT_METRICS:
+    raise ValueError(f"stein_vae.fit_metric={fit_metric!r} is not one of {FIT_METRICS} "
+                     "('euclidean': the dissertation's (4.13); 'precision': errors measured by "
+                     "the Gauss-Newton precision)")
+  if fit_metric == "precision" and preconditioner != "gauss_newton":
+    raise ValueError("stein_vae.fit_metric='precision' measures the fit by the Gauss-Newton "
+                     "precision, which preconditioner='gauss_newton' computes; set both")
+  entropy_weight = section.get("entropy_weight", 0.0)
+  if not entropy_weight >= 0:
+    raise ValueError(f"stein_vae.entropy_weight={entropy_weight!r} must be >= 0 (0: the "
+                     "dissertation's fit (4.13); lambda > 0 adds lambda eps grad E log|det df/dxi|)")
+  entropy_particles = section.get("entropy_particles", 1)
+  if not 0 < entropy_particles <= num_particles:
+    raise ValueError(f"stein_vae.entropy_particles={entropy_particles} must lie in [1, "
+                     f"num_particles={num_particles}]")
   encoder, decoder = make_nets(section, spec)
   label_decoder = semi_supervised.LabelDecoder(semi.num_classes) if semi else None
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
@@ -293,7 +343,8 @@ def make_method(config, spec):
       opt_state["label_decoder"] = decoder_opt.init(params["label_decoder"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
-  def fit_encoder(eta, opt_state, x, xi, targets, codes, pullback, dropout_key=None):
+  def fit_encoder(eta, opt_state, x, xi, targets, codes, pullback, dropout_key=None,
+                  metric_cholesky=None):
     """K Adam steps on (4.13) towards the moved particles.
 
     With all M particles the first step's gradient comes from ``pullback``, the
@@ -304,27 +355,43 @@ def make_method(config, spec):
     estimate of (4.13) and its gradient, whose backward pass is m / M the size.
     """
     scale = num_particles / fit_particles
-    xi, targets = xi[:fit_particles], targets[:, :fit_particles]
 
     def adam(eta, opt_state, grads):
       return adam_step(encoder_opt, eta, opt_state, grads)
 
     def fit_loss(e):  # the codes' dropout masks again
-      return scale * encoder_fit_loss(lambda a, b: encode(e, a, b, dropout_key), x, xi, targets)
+      return scale * encoder_fit_loss(lambda a, b: encode(e, a, b, dropout_key), x, xi, targets,
+                                      metric_cholesky)
+
+    def entropy_loss(e):
+      """-lambda eps (M / m) E_n sum_j log|det df/dxi_j| on m particles: the entropy's pull."""
+      log_det = log_abs_det_jacobian(
+          lambda noise: encode(e, x[:, None, :], noise, dropout_key), xi_all[None, :entropy_particles])
+      per_example = jnp.sum(log_det, axis=-1) * (num_particles / entropy_particles)
+      return -entropy_weight * section.svgd_step_size * jnp.mean(per_example), jnp.mean(log_det)
 
     def one_step(carry, _):
       loss, grads = jax.value_and_grad(fit_loss)(carry[0])
+      if entropy_weight:
+        grads = tree_add(grads, jax.grad(lambda e: entropy_loss(e)[0])(carry[0]))
       return adam(*carry, grads), loss
 
+    xi_all = xi
+    xi, targets = xi[:fit_particles], targets[:, :fit_particles]
     if pullback is None:
       first_loss, first_grads = jax.value_and_grad(fit_loss)(eta)
     else:  # the gradient of (4.13) in the codes, pulled back to eta
-      first_loss, codes_grad = jax.value_and_grad(codes_fit_loss)(codes, targets)
+      first_loss, codes_grad = jax.value_and_grad(codes_fit_loss)(codes, targets,
+                                                                  metric_cholesky)
       (first_grads,) = pullback(codes_grad)
+    log_det = None
+    if entropy_weight:
+      (_, log_det), entropy_grads = jax.value_and_grad(entropy_loss, has_aux=True)(eta)
+      first_grads = tree_add(first_grads, entropy_grads)
     eta, opt_state = adam(eta, opt_state, first_grads)
     (eta, opt_state), losses = jax.lax.scan(one_step, (eta, opt_state), None,
                                             length=section.encoder_steps - 1)
-    return eta, opt_state, jnp.concatenate([first_loss[None], losses])
+    return eta, opt_state, jnp.concatenate([first_loss[None], losses]), log_det
 
   def decoder_gradients(thetas, x, z, weights):
     """Descent directions for theta: gradient of (4.1), or minus its SVGD direction (4.11)."""
@@ -394,11 +461,12 @@ def make_method(config, spec):
       log_p, scores, decoder_grads = scores_and_decoder_gradients(thetas, x, z)
       if semi:
         log_p, scores = log_p + label_log_p[:, :log_p.shape[1]], scores + label_scores
+    cholesky = precision_cholesky(thetas, z)
     moved, bandwidth = svgd_move(z, scores, section.svgd_step_size, log_w,
-                                 section.bandwidth_convention, repulsion_scale, kernel,
-                                 precision_cholesky(thetas, z))
-    eta, enc_opt_state, fit_losses = fit_encoder(eta, state.opt_state["encoder"], x, xi, moved,
-                                                 z, encoder_pullback, dropout_key)
+                                 section.bandwidth_convention, repulsion_scale, kernel, cholesky)
+    eta, enc_opt_state, fit_losses, log_det = fit_encoder(
+        eta, state.opt_state["encoder"], x, xi, moved, z, encoder_pullback, dropout_key,
+        cholesky if fit_metric == "precision" else None)
     thetas, dec_opt_state = adam_step(decoder_opt, thetas, state.opt_state["decoder"],
                                       decoder_grads)
     params = {"encoder": eta, "decoder": thetas}
@@ -419,6 +487,8 @@ def make_method(config, spec):
           decoder_opt, state.params["label_decoder"], state.opt_state["label_decoder"],
           label_grads)
       metrics["label_nll"] = -jnp.sum(weights * label_log_p) / jnp.sum(label_weights)
+    if log_det is not None:  # E log|det df/dxi|: q's entropy less H(q0) (4.5.2)
+      metrics["encoder_log_det"] = log_det
     if section.importance_weighted:
       metrics["effective_sample_size"] = jnp.mean(bounds.effective_sample_size(log_w, axis=1))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -489,9 +559,9 @@ def make_method(config, spec):
   def posterior_shape(params, batch, key, num_samples):
     x = eval_x(batch)
     xi = jax.random.normal(key, (x.shape[0], num_samples, latent_dim))
-    z = encode(params["encoder"], x[:, None, :], xi)  # [B, S, D]
+    z, log_q = log_q_codes(params["encoder"], x, xi)  # [B, S, D], [B, S]
     return shape.batched_shape_mismatch(
-        lambda x_n, c: log_joint(params["decoder"], x_n, c), x, z)
+        lambda x_n, c: log_joint(params["decoder"], x_n, c), x, z, log_q)
 
   def decode_mean(thetas, z):
     if num_decoders == 1:
@@ -541,6 +611,11 @@ def make_nets(section, spec):
   else:
     decoder = MLP(tuple(section.decoder_hidden), int(np.prod(spec.shape)), act)
   return encoder, decoder
+
+
+def tree_add(a, b):
+  """The leafwise sum of two parameter trees."""
+  return jax.tree_util.tree_map(jnp.add, a, b)
 
 
 def adam_step(optimizer, params, opt_state, grads):

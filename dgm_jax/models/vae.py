@@ -186,8 +186,9 @@ def make_method(config, spec):
     x = eval_x(batch)
     mean, log_var = encoder.apply(params["encoder"], x)
     z = jnp.swapaxes(sample_gaussian(key, mean, log_var, num_samples), 0, 1)  # [B, S, D]
+    log_q = likelihoods.gaussian_log_prob(z, mean[:, None], log_var[:, None]).sum(-1)
     return shape.batched_shape_mismatch(
-        lambda x_n, c: log_joint(params, x_n, c), x, z)
+        lambda x_n, c: log_joint(params, x_n, c), x, z, log_q)
 
   def sample(params, key, num):
     z = jax.random.normal(key, (num, section.latent_dim))

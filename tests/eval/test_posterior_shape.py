@@ -71,3 +71,27 @@ def test_shorter_newton_steps_reach_a_mode_that_full_steps_cannot():
   assert np.max(np.abs(full - start)) < 1e-9  # stuck where it started
   np.testing.assert_allclose(scaled, mu, atol=1e-6)
   np.testing.assert_allclose(precisions, 2.0, rtol=1e-6)  # a sech^2(0) = 2 at the mode
+
+
+def test_entropy_deficit_of_a_gaussian_is_zero_and_of_a_folded_q_is_known():
+  """A Gaussian q with its exact log q: deficit 0. q folded by z = (xi_1, |xi_2|), a normal
+  times a half-normal: its entropy and its moment-matched Gaussian's are known in closed form."""
+  dim, num = 2, 400_000
+  precision = jnp.eye(dim)
+  xi = jax.random.normal(jax.random.PRNGKey(0), (num, dim))
+  gaussian_log_q = -0.5 * jnp.sum(xi**2, -1) - np.log(2 * np.pi)
+  got = posterior_shape.shape_mismatch(gaussian_log_joint(jnp.zeros(dim), precision), xi,
+                                       gaussian_log_q)
+  np.testing.assert_allclose(got["entropy_deficit"], 0.0, atol=0.01)
+  # z = (xi_1, |xi_2|): density 2 N(z_1) N(z_2) on z_2 > 0, entropy H(N) + H(N) - log 2;
+  # its second coordinate has variance 1 - 2 / pi, so the moment-matched Gaussian entropy is
+  # H(N) + H(N) + log(1 - 2 / pi) / 2.
+  folded = xi.at[:, 1].set(jnp.abs(xi[:, 1]))
+  got = posterior_shape.shape_mismatch(gaussian_log_joint(jnp.zeros(dim), precision), folded,
+                                       gaussian_log_q + np.log(2.0))
+  np.testing.assert_allclose(got["entropy_deficit"], 0.5 * np.log(1 - 2 / np.pi) + np.log(2.0),
+                             atol=0.01)
+  # The exact identity KL(q || N) = kl_gaussian + entropy_deficit, by Monte Carlo.
+  log_n = -0.5 * jnp.sum(folded**2, -1) - np.log(2 * np.pi)
+  np.testing.assert_allclose(jnp.mean(gaussian_log_q + np.log(2.0) - log_n),
+                             got["kl_gaussian"] + got["entropy_deficit"], atol=0.01)

@@ -124,25 +124,37 @@ def test_gauss_newton_precision_of_a_linear_decoder_is_the_exact_hessian(weights
 
 
 @pytest.mark.parametrize(
-    "encoder_steps,grad_particles,alpha,kernel,preconditioner,fit_particles,dropout_rate",
-    [(1, 0, 1.0, "rbf", "none", 0, 0.0), (2, 0, 1.0, "rbf", "none", 0, 0.0),
-     (1, 2, 1.0, "rbf", "none", 0, 0.0), (3, 3, 1.0, "rbf", "none", 0, 0.0),
-     (1, 0, 6.0, "rbf", "none", 0, 0.0), (1, 0, 1.0, "coordinatewise", "none", 0, 0.0),
-     (2, 0, 2.0, "coordinatewise", "none", 0, 0.0),
-     (1, 0, 1.0, "rbf", "gauss_newton", 0, 0.0),
-     (2, 0, 16.0, "rbf", "gauss_newton", 0, 0.0),
-     (1, 1, 1.0, "rbf", "none", 2, 0.0), (2, 0, 6.0, "rbf", "none", 3, 0.0),
-     (1, 0, 1.0, "rbf", "none", 0, 0.5), (2, 1, 1.0, "rbf", "none", 2, 0.5)])
+    "encoder_steps,grad_particles,alpha,kernel,preconditioner,fit_particles,dropout_rate,extra",
+    [(1, 0, 1.0, "rbf", "none", 0, 0.0, {}), (2, 0, 1.0, "rbf", "none", 0, 0.0, {}),
+     (1, 2, 1.0, "rbf", "none", 0, 0.0, {}), (3, 3, 1.0, "rbf", "none", 0, 0.0, {}),
+     (1, 0, 6.0, "rbf", "none", 0, 0.0, {}), (1, 0, 1.0, "coordinatewise", "none", 0, 0.0, {}),
+     (2, 0, 2.0, "coordinatewise", "none", 0, 0.0, {}),
+     (1, 0, 1.0, "rbf", "gauss_newton", 0, 0.0, {}),
+     (2, 0, 16.0, "rbf", "gauss_newton", 0, 0.0, {}),
+     (1, 1, 1.0, "rbf", "none", 2, 0.0, {}), (2, 0, 6.0, "rbf", "none", 3, 0.0, {}),
+     (1, 0, 1.0, "rbf", "none", 0, 0.5, {}), (2, 1, 1.0, "rbf", "none", 2, 0.5, {}),
+     (1, 0, 1.0, "rbf", "none", 0, 0.0, dict(entropy_weight=0.5, entropy_particles=2)),
+     (2, 0, 16.0, "rbf", "gauss_newton", 0, 0.0, dict(entropy_weight=1.0, entropy_particles=4)),
+     (2, 0, 1.0, "rbf", "gauss_newton", 0, 0.0, dict(fit_metric="precision")),
+     (2, 1, 1.0, "rbf", "gauss_newton", 2, 0.5,
+      dict(fit_metric="precision", entropy_weight=0.1, entropy_particles=2)),
+     (2, 1, 1.0, "rbf", "none", 2, 0.5, dict(entropy_weight=2.0, entropy_particles=1))])
 def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha, kernel,
-                                                     preconditioner, fit_particles, dropout_rate):
+                                                     preconditioner, fit_particles, dropout_rate,
+                                                     extra):
   """The optimized step (encoder pullback reused, decoder and encoder gradients from
-  particle subsets, encoder dropout) against a plain composition of the algorithm's steps 1-5."""
+  particle subsets, encoder dropout, the entropy term by forward-mode columns, the fit
+  measured by the precision) against a plain composition of the algorithm's steps 1-5.
+  ``extra``: the section's other settings (``entropy_weight``, ``entropy_particles``,
+  ``fit_metric``)."""
   config = mnist.get_config("smoke")
   section = config.stein_vae
   section.update(num_particles=4, encoder_steps=encoder_steps,
                  decoder_grad_particles=grad_particles, encoder_fit_particles=fit_particles,
                  svgd_step_size=0.05, learning_rate=1e-2, repulsion_scale=alpha, kernel=kernel,
                  preconditioner=preconditioner, encoder_dropout=dropout_rate)
+  section.update(extra)
+  entropy_weight, entropy_particles = section.entropy_weight, section.entropy_particles
   data = registry.load("digits")
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
   method = stein_vae.make_method(config, spec)
@@ -198,15 +210,37 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
       return jnp.linalg.solve(precision, (gram @ particle_scores + alpha * repulsive).T).T / (
           particles.shape[0])
   moved = z + section.svgd_step_size * jax.vmap(direction)(z, scores)
+  # The fit's metric: I, or each example's Gauss-Newton precision Q at its mean particle,
+  # the error e weighted as e^T Q e.
+  def fit_metric(particles):
+    if section.fit_metric == "euclidean":
+      return jnp.eye(particles.shape[1])
+    mean = jnp.mean(particles, axis=0)
+    jac = jax.jacrev(lambda c: decoder.apply(theta, c))(mean)
+    p = jax.nn.sigmoid(decoder.apply(theta, mean))
+    return jac.T @ ((p * (1 - p))[:, None] * jac) + jnp.eye(mean.shape[0])
+  metric = jax.vmap(fit_metric)(z)  # [B, D, D]
   steps_per_epoch = spec.num_train // config.data.batch_size
   enc_opt = make_optimizer(section, config.train.num_steps * encoder_steps,
                            steps_per_epoch * encoder_steps)
   enc_state = state.opt_state["encoder"]
   m_fit = fit_particles or 4  # the first m_fit particles, their squared errors times 4 / m_fit
+
+  def entropy_loss(e):
+    """-lambda eps (4 / m) E_n sum_j log|det df/dxi_j| on the first m particles, each
+    Jacobian a diagonal block of the whole batch's Jacobian (jacfwd), masks included."""
+    noise = xi[None, :entropy_particles]
+    whole = jax.jacfwd(lambda n: encoder.apply(e, x[:, None], n, dropout_key))(noise)
+    blocks = jnp.stack([whole[:, j, :, 0, j, :] for j in range(entropy_particles)], 1)
+    log_det = jnp.linalg.slogdet(blocks)[1]  # [B, m]
+    return -entropy_weight * section.svgd_step_size * jnp.mean(
+        jnp.sum(log_det, 1) * 4 / entropy_particles)
+
   for _ in range(encoder_steps):
-    grads = jax.grad(lambda e: 0.5 * (4 / m_fit) * jnp.mean(jnp.sum(
-        (encoder.apply(e, x[:, None], xi[None, :m_fit], dropout_key) - moved[:, :m_fit]) ** 2,
-        (1, 2))))(eta)
+    def fit_loss(e):
+      errors = encoder.apply(e, x[:, None], xi[None, :m_fit], dropout_key) - moved[:, :m_fit]
+      return 0.5 * (4 / m_fit) * jnp.mean(jnp.einsum("bmd,bde,bme->b", errors, metric, errors))
+    grads = jax.grad(lambda e: fit_loss(e) + entropy_loss(e))(eta)
     updates, enc_state = enc_opt.update(grads, enc_state, eta)
     eta = optax.apply_updates(eta, updates)
   m = grad_particles or 4
@@ -251,6 +285,10 @@ def test_subset_step_never_evaluates_the_log_joint_at_all_particles(grad_particl
     ("smoke", "kernel", "laplace", "stein_vae.kernel='laplace'"),
     ("smoke", "preconditioner", "newton", "stein_vae.preconditioner='newton'"),
     ("smoke,viwae", "decoder_grad_particles", 2, "Stein VAE only"),
+    ("smoke", "fit_metric", "mahalanobis", "stein_vae.fit_metric='mahalanobis'"),
+    ("smoke", "fit_metric", "precision", "preconditioner='gauss_newton'"),
+    ("smoke", "entropy_weight", -0.1, "entropy_weight=-0.1 must be >= 0"),
+    ("smoke", "entropy_particles", 5, "entropy_particles=5 must lie in"),
 ])
 def test_bad_settings_are_rejected_with_one_message(config_arg, key, value, message):
   """M = 4 under :smoke, so 5 gradient particles are too many; the VIWAE's decoder gradient
@@ -313,3 +351,41 @@ def test_precond_config_sets_the_preconditioned_stein_vae(arg, num_particles, al
   assert section.repulsion_scale == alpha
   assert (section.learning_rate, section.lr_schedule) == (1e-3, "geometric")
   assert mnist.get_config().stein_vae.preconditioner == "none"  # the dissertation's default
+
+
+@given(hnp.arrays(np.float64, (2, 3, 3), elements=finite(-2.0, 2.0)),
+       hnp.arrays(np.float64, (2, 4, 3), elements=finite(-2.0, 2.0)))
+def test_log_abs_det_jacobian_of_linear_maps_is_exact(matrices, xi):
+  """Two examples, each its own linear map of four noise rows: log|det A_b| for every code."""
+  matrices = matrices + 3.0 * np.eye(3)
+  got = stein_vae.log_abs_det_jacobian(
+      lambda noise: jnp.einsum("bde,bme->bmd", matrices, noise) + 1.0, jnp.asarray(xi))
+  expected = np.repeat(np.linalg.slogdet(matrices)[1][:, None], 4, axis=1)
+  np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_log_abs_det_jacobian_of_the_encoder_equals_per_code_jacobians():
+  """The forward-mode columns of the batched encoder (x [B, 1, P] against xi [1, M, D])
+  against ``change_of_variables_log_q``'s per-code ``jacfwd``."""
+  encoder = NoiseMLPEncoder((16, 16), 4, "tanh")
+  x = jax.random.uniform(jax.random.PRNGKey(0), (3, 10))
+  xi = jax.random.normal(jax.random.PRNGKey(1), (5, 4))
+  eta = encoder.init(jax.random.PRNGKey(2), x[:1], xi[:1])
+  got = stein_vae.log_abs_det_jacobian(lambda n: encoder.apply(eta, x[:, None], n), xi[None])
+  log_q0 = jnp.sum(likelihoods.gaussian_log_prob(xi, 0.0, 0.0), -1)
+  for b in range(3):
+    for j in range(5):
+      _, log_q = stein_vae.change_of_variables_log_q(lambda e: encoder.apply(eta, x[b], e), xi[j])
+      np.testing.assert_allclose(got[b, j], log_q0[j] - log_q, rtol=1e-5, atol=1e-5)
+
+
+def test_precision_fit_loss_weights_errors_by_the_metric():
+  """codes_fit_loss with L: 0.5 E_b sum_m e^T L L^T e, against the plain loss at Q = I."""
+  codes, targets = jax.random.normal(jax.random.PRNGKey(0), (2, 2, 3, 4))
+  factor = jnp.tril(jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4))) + 3 * jnp.eye(4)
+  errors = np.asarray(codes - targets, np.float64)
+  metric = np.einsum("bij,bkj->bik", factor, factor)
+  expected = 0.5 * np.mean(np.einsum("bmd,bde,bme->b", errors, metric, errors))
+  np.testing.assert_allclose(stein_vae.codes_fit_loss(codes, targets, factor), expected, rtol=1e-5)
+  np.testing.assert_allclose(stein_vae.codes_fit_loss(codes, targets, jnp.tile(jnp.eye(4), (2, 1, 1))),
+                             stein_vae.codes_fit_loss(codes, targets), rtol=1e-6)
