@@ -14,7 +14,8 @@ samples of q with it, in the coordinates that whiten H:
 - ``log_det_precision = log det H``: how sharp the decoder has made the posterior
   (it grows while a model's posteriors shrink);
 - ``entropy_deficit`` (when the samples' ``log q`` is known: the VAE's Gaussian, the
-  Stein encoder's change of variables): ``H(N(m_q, S_q)) - H(q)``, how much less
+  Stein encoder's change of variables): ``H(N(m_q, S_q)) - H(q)`` (the first term
+  corrected for the sample covariance's bias, ``gaussian_entropy``), how much less
   entropy q has than a Gaussian of its own moments. 0 for a Gaussian q, large for a
   q that spreads its samples as widely but lies thin along a folded surface. Since
   the cross-entropy with a Gaussian depends on q's first two moments only,
@@ -71,10 +72,20 @@ def gaussian_mismatch(mean, covariance, mode, precisions, axes):
   }
 
 
-def gaussian_entropy(covariance):
-  """H(N(., S)) = (D log(2 pi e) + log det S) / 2 in nats; -inf for a singular S."""
+def gaussian_entropy(covariance, num_samples=None):
+  """H(N(., S)) = (D log(2 pi e) + log det S) / 2 in nats; -inf for a singular S.
+
+  With ``num_samples`` = n, S is taken as the sample covariance (divisor n - 1) of n
+  Gaussian draws and log det S is corrected by its Wishart mean, ``E log det S =
+  log det Sigma + D log(2 / (n - 1)) + sum_i psi((n - i) / 2)``, i = 1..D: unbiased
+  for log det Sigma (uncorrected, D = 50 and n = 1000 read 0.64 nats low).
+  """
   dim = covariance.shape[-1]
   _, log_det = jnp.linalg.slogdet(covariance)
+  if num_samples is not None:
+    n = num_samples
+    log_det = log_det - (dim * jnp.log(2.0 / (n - 1))
+                         + jnp.sum(jax.scipy.special.digamma((n - jnp.arange(1, dim + 1)) / 2)))
   return 0.5 * (dim * jnp.log(2 * jnp.pi * jnp.e) + log_det)
 
 
@@ -97,7 +108,7 @@ def shape_mismatch(log_joint, samples, log_q=None):
                                                 step_scales=NEWTON_STEP_SCALES)
   metrics = gaussian_mismatch(mean, covariance, mode, precisions, axes)
   if log_q is not None:
-    metrics[ENTROPY_METRIC] = gaussian_entropy(covariance) + jnp.mean(log_q)
+    metrics[ENTROPY_METRIC] = gaussian_entropy(covariance, samples.shape[0]) + jnp.mean(log_q)
   return metrics
 
 
