@@ -309,7 +309,8 @@ def make_method(config, spec):
   entropy_weight = section.get("entropy_weight", 0.0)
   if not entropy_weight >= 0:
     raise ValueError(f"stein_vae.entropy_weight={entropy_weight!r} must be >= 0 (0: the "
-                     "dissertation's fit (4.13); lambda > 0 adds lambda eps grad E log|det df/dxi|)")
+                     "dissertation's fit (4.13); lambda > 0 also ascends lambda eps E log|det "
+                     "df/dxi|)")
   entropy_particles = section.get("entropy_particles", 1)
   if not 0 < entropy_particles <= num_particles:
     raise ValueError(f"stein_vae.entropy_particles={entropy_particles} must lie in [1, "
@@ -365,7 +366,8 @@ def make_method(config, spec):
 
   def fit_encoder(eta, opt_state, x, xi, targets, codes, pullback, dropout_key=None,
                   metric_cholesky=None):
-    """K Adam steps on (4.13) towards the moved particles.
+    """K Adam steps on (4.13) towards the moved particles (with ``entropy_weight``, plus the
+    entropy term; with ``metric_cholesky``, the errors measured by Q).
 
     With all M particles the first step's gradient comes from ``pullback``, the
     VJP of the forward pass that produced ``codes = f_eta(x, xi)`` at this eta
@@ -379,14 +381,16 @@ def make_method(config, spec):
     def adam(eta, opt_state, grads):
       return adam_step(encoder_opt, eta, opt_state, grads)
 
+    fit_xi, fit_targets = xi[:fit_particles], targets[:, :fit_particles]
+
     def fit_loss(e):  # the codes' dropout masks again
-      return scale * encoder_fit_loss(lambda a, b: encode(e, a, b, dropout_key), x, xi, targets,
-                                      metric_cholesky)
+      return scale * encoder_fit_loss(lambda a, b: encode(e, a, b, dropout_key), x, fit_xi,
+                                      fit_targets, metric_cholesky)
 
     def entropy_loss(e):
-      """-lambda eps (M / m) E_n sum_j log|det df/dxi_j| on m particles: the entropy's pull."""
-      log_det = log_abs_det_jacobian(
-          lambda noise: encode(e, x[:, None, :], noise, dropout_key), xi_all[None, :entropy_particles])
+      """(-lambda eps (M / m) E_n sum_j log|det df/dxi_j| on m particles, the mean log|det|)."""
+      log_det = log_abs_det_jacobian(lambda noise: encode(e, x[:, None, :], noise, dropout_key),
+                                     xi[None, :entropy_particles])
       per_example = jnp.sum(log_det, axis=-1) * (num_particles / entropy_particles)
       return -entropy_weight * section.svgd_step_size * jnp.mean(per_example), jnp.mean(log_det)
 
@@ -396,12 +400,10 @@ def make_method(config, spec):
         grads = tree_add(grads, jax.grad(lambda e: entropy_loss(e)[0])(carry[0]))
       return adam(*carry, grads), loss
 
-    xi_all = xi
-    xi, targets = xi[:fit_particles], targets[:, :fit_particles]
     if pullback is None:
       first_loss, first_grads = jax.value_and_grad(fit_loss)(eta)
     else:  # the gradient of (4.13) in the codes, pulled back to eta
-      first_loss, codes_grad = jax.value_and_grad(codes_fit_loss)(codes, targets,
+      first_loss, codes_grad = jax.value_and_grad(codes_fit_loss)(codes, fit_targets,
                                                                   metric_cholesky)
       (first_grads,) = pullback(codes_grad)
     log_det = None

@@ -387,5 +387,6 @@ def test_precision_fit_loss_weights_errors_by_the_metric():
   metric = np.einsum("bij,bkj->bik", factor, factor)
   expected = 0.5 * np.mean(np.einsum("bmd,bde,bme->b", errors, metric, errors))
   np.testing.assert_allclose(stein_vae.codes_fit_loss(codes, targets, factor), expected, rtol=1e-5)
-  np.testing.assert_allclose(stein_vae.codes_fit_loss(codes, targets, jnp.tile(jnp.eye(4), (2, 1, 1))),
+  identity = jnp.tile(jnp.eye(4), (2, 1, 1))
+  np.testing.assert_allclose(stein_vae.codes_fit_loss(codes, targets, identity),
                              stein_vae.codes_fit_loss(codes, targets), rtol=1e-6)
