@@ -95,9 +95,9 @@ def stein_vae_section(**overrides):
       # 'none' (the dissertation's) or 'gauss_newton': the kernel whitened by each example's
       # Gauss-Newton precision at its mean particle (svgd.preconditioned_svgd_direction)
       preconditioner="none",
-      # lambda: the fit (4.13) also ascends lambda eps E log|det df/dxi| (q's entropy by the
-      # change of variables; not in the dissertation, 0 is its fit), estimated on the first
-      # entropy_particles particles per example (models.stein_vae docstring)
+      # lambda: the fit (4.13) also ascends lambda eps E log|det df/dxi| per example (q's
+      # entropy by the change of variables; not in the dissertation, 0 is its fit), estimated
+      # on the first entropy_particles particles (models.stein_vae docstring)
       entropy_weight=0.0, entropy_particles=1,
       # 'euclidean' (the dissertation's (4.13)) or 'precision': the fit's errors measured by
       # the Gauss-Newton precision Q (needs preconditioner='gauss_newton')

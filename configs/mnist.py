@@ -17,6 +17,10 @@ Arguments after the colon, comma-separated:
            ``tests/test_svgd.py``), the median bandwidth, SVGD step 1e-2 and the VAE baseline's
            Adam 1e-3 decaying geometrically to 1e-4. Set ``repulsion_scale`` yourself when you
            change ``num_particles`` on the command line.
+  entropy  ``precond`` with q's entropy in the fit (not in the dissertation; README): the fit's
+           errors measured by the Gauss-Newton precision (``fit_metric='precision'``), the
+           dissertation's repulsion alpha = 1 and ``entropy_weight=1``, which together put the
+           few-particle fixed point at the posterior's variance for any M (``tests/test_svgd.py``)
   ch5      the chapter-5 VAE baseline: the ``vae`` section takes the ``asvae`` section's nets
            and optimizer (z of 64, 200-200 ReLU, Adam 1e-3, beta1 0.5)
 
@@ -33,7 +37,7 @@ PRECONDITIONED_ALPHA = {10: 16.0, 100: 2.4}
 
 def get_config(arg=None):
   args = common.parse_args(arg, {"smoke", "paper", "iwae", "viwae", "semi", "cnn", "ch5",
-                                "precond"})
+                                "precond", "entropy"})
   config = common.base_config("mnist", batch_size=100)
   # 700 epochs: the VAE's test NLL reaches 88 nats in 32 minutes on 2 CPU cores (README). A Stein
   # VAE or AS-VAE epoch costs several times a VAE epoch: set --config.train.num_steps to taste.
@@ -69,11 +73,13 @@ def get_config(arg=None):
     config.train.eval_every = 100 * STEPS_PER_EPOCH
     config.vae.lr_schedule = "burda"
     config.stein_vae.num_particles = 100
-  if "precond" in args:
+  if "precond" in args or "entropy" in args:
     config.stein_vae.update(
         preconditioner="gauss_newton", repulsion_scale=PRECONDITIONED_ALPHA[
             config.stein_vae.num_particles], bandwidth_convention="median", svgd_step_size=1e-2,
         learning_rate=1e-3, lr_schedule="geometric", final_lr_fraction=0.1)
+  if "entropy" in args:
+    config.stein_vae.update(fit_metric="precision", repulsion_scale=1.0, entropy_weight=1.0)
   if "ch5" in args:
     common.match_vae_to_asvae(config)
   if "smoke" in args:

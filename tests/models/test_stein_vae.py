@@ -227,14 +227,13 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   m_fit = fit_particles or 4  # the first m_fit particles, their squared errors times 4 / m_fit
 
   def entropy_loss(e):
-    """-lambda eps (4 / m) E_n sum_j log|det df/dxi_j| on the first m particles, each
-    Jacobian a diagonal block of the whole batch's Jacobian (jacfwd), masks included."""
+    """-lambda eps E_n E_j log|det df/dxi_j| on the first m particles, each Jacobian a
+    diagonal block of the whole batch's Jacobian (jacfwd), masks included."""
     noise = xi[None, :entropy_particles]
     whole = jax.jacfwd(lambda n: encoder.apply(e, x[:, None], n, dropout_key))(noise)
     blocks = jnp.stack([whole[:, j, :, 0, j, :] for j in range(entropy_particles)], 1)
     log_det = jnp.linalg.slogdet(blocks)[1]  # [B, m]
-    return -entropy_weight * section.svgd_step_size * jnp.mean(
-        jnp.sum(log_det, 1) * 4 / entropy_particles)
+    return -entropy_weight * section.svgd_step_size * jnp.mean(log_det)
 
   for _ in range(encoder_steps):
     def fit_loss(e):
@@ -351,6 +350,19 @@ def test_precond_config_sets_the_preconditioned_stein_vae(arg, num_particles, al
   assert section.repulsion_scale == alpha
   assert (section.learning_rate, section.lr_schedule) == (1e-3, "geometric")
   assert mnist.get_config().stein_vae.preconditioner == "none"  # the dissertation's default
+
+
+@pytest.mark.parametrize("arg,num_particles", [("entropy", 10), ("entropy,paper", 100)])
+def test_entropy_config_sets_the_precision_fit_and_the_calibrated_entropy(arg, num_particles):
+  """``:entropy``: the preconditioned kernel with the dissertation's repulsion, the fit
+  measured by the precision and lambda = 1 (calibrated for any M in ``tests/test_svgd.py``)."""
+  section = mnist.get_config(arg).stein_vae
+  assert (section.preconditioner, section.fit_metric) == ("gauss_newton", "precision")
+  assert (section.num_particles, section.repulsion_scale, section.entropy_weight) == (
+      num_particles, 1.0, 1.0)
+  assert (section.learning_rate, section.svgd_step_size) == (1e-3, 1e-2)
+  default = mnist.get_config().stein_vae  # the dissertation's fit
+  assert (default.fit_metric, default.entropy_weight) == ("euclidean", 0.0)
 
 
 @given(hnp.arrays(np.float64, (2, 3, 3), elements=finite(-2.0, 2.0)),
