@@ -21,7 +21,8 @@ draws of q each; medians over the images): q(z | x) against the Laplace
 approximation of p(z | x) in the coordinates that whiten its precision H
 (``dgm_jax.eval.posterior_shape``): the smallest, median and largest variance of
 q there (1 where they agree), q's mean offset, the Gaussian KL between the two,
-and log det H, which grows as the decoder's posteriors sharpen. Writes
+log det H, which grows as the decoder's posteriors sharpen, and ``entropy_deficit``,
+how much less entropy q has than a Gaussian of its own moments (0 for the VAE). Writes
 ``decoder_nll.json`` (``decoder_nll_train.json``, ``decoder_nll_valid.json`` for
 the other splits) into each workdir and prints one JSON line per run.
 

@@ -287,7 +287,7 @@ def test_subset_step_never_evaluates_the_log_joint_at_all_particles(grad_particl
     ("smoke", "fit_metric", "mahalanobis", "stein_vae.fit_metric='mahalanobis'"),
     ("smoke", "fit_metric", "precision", "preconditioner='gauss_newton'"),
     ("smoke", "entropy_weight", -0.1, "entropy_weight=-0.1 must be >= 0"),
-    ("smoke", "entropy_particles", 5, "entropy_particles=5 must lie in"),
+    ("smoke", "entropy_particles", 5, "entropy_particles=5 must be an integer in"),
 ])
 def test_bad_settings_are_rejected_with_one_message(config_arg, key, value, message):
   """M = 4 under :smoke, so 5 gradient particles are too many; the VIWAE's decoder gradient
