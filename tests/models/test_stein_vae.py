@@ -93,6 +93,27 @@ def test_viwae_step_reports_normalized_weights_effective_sample_size():
   assert int(new_state.step) == 1
 
 
+@pytest.mark.parametrize("variant", ["smoke,viwae,entropy", "smoke,semi,entropy"])
+def test_entropy_term_runs_in_the_viwae_and_the_semi_supervised_step(variant):
+  """The entropy term and the precision fit in the other two steps: one jitted step, finite
+  metrics, the encoder's mean log|det| reported, and the encoder moved."""
+  config = mnist.get_config(variant)
+  data = registry.load("digits")
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
+                  num_classes=10)
+  method = stein_vae.make_method(config, spec)
+  batch = pipeline.get_batch(data, "train", 0, 8, 0)
+  if "semi" in variant:
+    batch.update(x_labeled=batch["x"][:4], label_labeled=batch["label"][:4])
+  state = method.init(jax.random.PRNGKey(0), batch)
+  new_state, metrics = jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(1))
+  assert "encoder_log_det" in metrics
+  assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+  moved = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                                 new_state.params["encoder"], state.params["encoder"])
+  assert max(jax.tree_util.tree_leaves(moved)) > 0
+
+
 def test_elbo_below_importance_sampled_bound():
   config = mnist.get_config("smoke")
   config.stein_vae.eval_elbo_samples = 512
