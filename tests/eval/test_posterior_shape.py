@@ -132,7 +132,7 @@ def test_vae_posterior_shape_passes_its_gaussian_log_q():
   # Codes of log-variances from -4 to 2 (the output's second half), so a log q with the
   # wrong widths is far off, not only at the initial ones near 0.
   out = params["encoder"]["params"]["MLP_0"]["Dense_2"]
-  out["bias"] = out["bias"].at[50:].set(jnp.linspace(-4.0, 2.0, 50))
+  out["bias"] = out["bias"].at[50:].set(jnp.linspace(-4.0, 2.0, 50, dtype=out["bias"].dtype))
   got = jax.jit(method.posterior_shape, static_argnums=3)(params, batch, jax.random.PRNGKey(1),
                                                           2000)
   assert config.vae.latent_dim == 50
