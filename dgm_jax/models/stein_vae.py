@@ -406,7 +406,7 @@ def make_method(config, spec):
     def one_step(carry, _):
       loss, grads = jax.value_and_grad(fit_loss)(carry[0])
       if entropy_weight:
-        grads = tree_add(grads, jax.grad(lambda e: entropy_loss(e)[0])(carry[0]))
+        grads = optax.tree_utils.tree_add(grads, jax.grad(lambda e: entropy_loss(e)[0])(carry[0]))
       return adam(*carry, grads), loss
 
     if pullback is None:
@@ -418,7 +418,7 @@ def make_method(config, spec):
     log_det = None
     if entropy_weight:
       (_, log_det), entropy_grads = jax.value_and_grad(entropy_loss, has_aux=True)(eta)
-      first_grads = tree_add(first_grads, entropy_grads)
+      first_grads = optax.tree_utils.tree_add(first_grads, entropy_grads)
     eta, opt_state = adam(eta, opt_state, first_grads)
     (eta, opt_state), losses = jax.lax.scan(one_step, (eta, opt_state), None,
                                             length=section.encoder_steps - 1)
@@ -642,11 +642,6 @@ def make_nets(section, spec):
   else:
     decoder = MLP(tuple(section.decoder_hidden), int(np.prod(spec.shape)), act)
   return encoder, decoder
-
-
-def tree_add(a, b):
-  """The leafwise sum of two parameter trees."""
-  return jax.tree_util.tree_map(jnp.add, a, b)
 
 
 def adam_step(optimizer, params, opt_state, grads):
