@@ -113,6 +113,10 @@ def stein_vae_section(**overrides):
       # dropout on the encoder's hidden units while training (4.5's one regularizer; MLPs),
       # one mask per example shared by its particles
       encoder_dropout=0.0,
+      # 'mlp' (the dissertation's f_eta(x, xi): z is the MLP's output) or 'location_scale':
+      # z = m + exp(v / 2) xi from the MLP's two halves, noise input weights starting at zero,
+      # so f_eta starts as the Gaussian VAE's encoder (nets.recognition; not in the dissertation)
+      encoder_output="mlp",
       # 'mlp' (encoder_hidden / decoder_hidden) or 'conv': f_eta(x, xi) as 5x5 stride-2
       # convolutions on [x, noise map] (nets.recognition.NoiseConvEncoder), nets.conv decoder
       encoder_arch="mlp", decoder_arch="mlp", encoder_conv_features=(32, 64),

@@ -109,7 +109,7 @@ from dgm_jax.models import semi_supervised
 from dgm_jax.models.base import Method, check_dropout, make_optimizer
 from dgm_jax.nets import conv
 from dgm_jax.nets.mlp import MLP
-from dgm_jax.nets.recognition import NoiseConvEncoder, NoiseMLPEncoder
+from dgm_jax.nets.recognition import ENCODER_OUTPUTS, NoiseConvEncoder, NoiseMLPEncoder
 from dgm_jax.train.state import TrainState
 
 __all__ = [
@@ -299,6 +299,14 @@ def make_method(config, spec):
     raise ValueError(f"stein_vae.preconditioner={preconditioner!r} is not one of "
                      f"{PRECONDITIONERS} ('none': the dissertation's kernel; 'gauss_newton': "
                      "the kernel whitened by each example's Gauss-Newton precision)")
+  encoder_output = section.get("encoder_output", "mlp")
+  if encoder_output not in ENCODER_OUTPUTS:
+    raise ValueError(f"stein_vae.encoder_output={encoder_output!r} is not one of "
+                     f"{ENCODER_OUTPUTS} ('mlp': the dissertation's f_eta(x, xi); "
+                     "'location_scale': z = m + exp(v / 2) xi from the MLP's two halves)")
+  if encoder_output != "mlp" and section.get("encoder_arch", "mlp") != "mlp":
+    raise ValueError(f"stein_vae.encoder_output={encoder_output!r} applies to MLP encoders; "
+                     "set it to 'mlp' with encoder_arch='conv'")
   semi = semi_supervised.settings_from(section, spec)
   conv.check_section(section, spec.shape)
   dropout_rate = check_dropout(section)
@@ -636,7 +644,8 @@ def make_nets(section, spec):
                                section.get("conv_kernel_size", 5))
   else:
     encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), latent_dim, act,
-                              section.get("encoder_dropout", 0.0))
+                              section.get("encoder_dropout", 0.0),
+                              section.get("encoder_output", "mlp"))
   if section.get("decoder_arch", "mlp") == "conv":
     decoder = conv.decoder_from_section(section, spec.shape, 1)
   else:

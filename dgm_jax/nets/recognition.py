@@ -8,6 +8,13 @@ image-sized map and stacked with the image as a second channel, so every particl
 runs the convolutions. With ``dim xi == dim z`` the map ``xi -> z`` is square, so the
 encoder density follows by the change of variables
 ``q(z | x) = q0(xi) |det d f / d xi|^-1`` (section 4.3).
+
+``NoiseMLPEncoder(output="location_scale")`` (not in the dissertation) reads its
+last layer as a location and a log-variance, ``z = m(x, xi) + exp(v(x, xi) / 2) * xi``,
+with the noise's input weights starting at zero: at initialization it is the Gaussian
+VAE's encoder (the same trunk and heads), and the noise input lets q grow away from a
+Gaussian. With ``output="mlp"`` (the dissertation's) the noise must reach z through
+the tanh layers alone, so every x-dependent scale has to come from their curvature.
 """
 
 from typing import Sequence
@@ -18,7 +25,9 @@ import jax.numpy as jnp
 
 from dgm_jax.nets.mlp import MLP, activation_by_name, dropout
 
-__all__ = ["NoiseMLPEncoder", "NoiseConvEncoder"]
+__all__ = ["NoiseMLPEncoder", "NoiseConvEncoder", "ENCODER_OUTPUTS"]
+
+ENCODER_OUTPUTS = ("mlp", "location_scale")
 
 
 class NoiseMLPEncoder(nn.Module):
@@ -33,26 +42,38 @@ class NoiseMLPEncoder(nn.Module):
       [1, M, D] draws one mask per example, shared by its M particles, so the
       particles describe one q(z | x) and a fit on a subset of them sees the same
       masks as the codes it moves.
+    output: ``"mlp"`` (z is the MLP's output, the dissertation's) or
+      ``"location_scale"`` (``z = m + exp(v / 2) * xi`` from the MLP's two halves
+      m and v, noise input weights initialized at zero; module docstring).
   """
 
   hidden_sizes: Sequence[int]
   latent_dim: int
   activation: str = "tanh"
   dropout_rate: float = 0.0
+  output: str = "mlp"
 
   @nn.compact
   def __call__(self, x, xi, dropout_key=None):
     """x: [..., D_x], xi: [..., latent_dim] (broadcast together) -> z: [..., latent_dim]."""
+    if self.output not in ENCODER_OUTPUTS:
+      raise ValueError(f"output={self.output!r}: expected one of {ENCODER_OUTPUTS}")
+    location_scale = self.output == "location_scale"
     act = activation_by_name(self.activation)
     first, *rest = self.hidden_sizes
+    xi_init = nn.initializers.zeros if location_scale else nn.initializers.lecun_normal()
     hidden = act(nn.Dense(first, name="input_x")(x)
-                 + nn.Dense(first, use_bias=False, name="input_xi")(xi))
+                 + nn.Dense(first, use_bias=False, kernel_init=xi_init, name="input_xi")(xi))
     mask_shape = x.shape[:-1]
     if dropout_key is not None:
       hidden = dropout(jax.random.fold_in(dropout_key, len(self.hidden_sizes)), hidden,
                        self.dropout_rate, mask_shape)
-    return MLP(tuple(rest), self.latent_dim, self.activation, self.dropout_rate,
-               name="trunk")(hidden, dropout_key, mask_shape)
+    out = MLP(tuple(rest), (1 + location_scale) * self.latent_dim, self.activation,
+              self.dropout_rate, name="trunk")(hidden, dropout_key, mask_shape)
+    if not location_scale:
+      return out
+    location, log_var = jnp.split(out, 2, axis=-1)
+    return location + jnp.exp(0.5 * log_var) * xi
 
 
 class NoiseConvEncoder(nn.Module):

@@ -159,7 +159,10 @@ def test_gauss_newton_precision_of_a_linear_decoder_is_the_exact_hessian(weights
      (2, 0, 1.0, "rbf", "gauss_newton", 0, 0.0, dict(fit_metric="precision")),
      (2, 1, 1.0, "rbf", "gauss_newton", 2, 0.5,
       dict(fit_metric="precision", entropy_weight=0.1, entropy_particles=2)),
-     (2, 1, 1.0, "rbf", "none", 2, 0.5, dict(entropy_weight=2.0, entropy_particles=1))])
+     (2, 1, 1.0, "rbf", "none", 2, 0.5, dict(entropy_weight=2.0, entropy_particles=1)),
+     (2, 0, 1.0, "rbf", "gauss_newton", 0, 0.0,
+      dict(fit_metric="precision", entropy_weight=1.0, entropy_particles=4,
+           encoder_output="location_scale"))])
 def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha, kernel,
                                                      preconditioner, fit_particles, dropout_rate,
                                                      extra):
@@ -186,7 +189,7 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
 
   # The same algorithm, written out with no shared intermediate results.
   encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), section.latent_dim, section.activation,
-                            dropout_rate)
+                            dropout_rate, section.encoder_output)
   decoder = MLP(tuple(section.decoder_hidden), int(np.prod(spec.shape)), section.activation)
   binarize_key, noise_key = jax.random.split(key)
   # One set of dropout masks for the step: the codes and every fit step see the same ones.
@@ -309,6 +312,8 @@ def test_subset_step_never_evaluates_the_log_joint_at_all_particles(grad_particl
     ("smoke", "fit_metric", "precision", "preconditioner='gauss_newton'"),
     ("smoke", "entropy_weight", -0.1, "entropy_weight=-0.1 must be >= 0"),
     ("smoke", "entropy_particles", 5, "entropy_particles=5 must be an integer in"),
+    ("smoke", "encoder_output", "flow", "stein_vae.encoder_output='flow' is not one of"),
+    ("smoke,semi,cnn", "encoder_output", "location_scale", "applies to MLP encoders"),
 ])
 def test_bad_settings_are_rejected_with_one_message(config_arg, key, value, message):
   """M = 4 under :smoke, so 5 gradient particles are too many; the VIWAE's decoder gradient
@@ -410,6 +415,39 @@ def test_log_abs_det_jacobian_of_the_encoder_equals_per_code_jacobians():
     for j in range(5):
       _, log_q = stein_vae.change_of_variables_log_q(lambda e: encoder.apply(eta, x[b], e), xi[j])
       np.testing.assert_allclose(got[b, j], log_q0[j] - log_q, rtol=1e-5, atol=1e-5)
+
+
+def test_location_scale_encoder_starts_as_the_gaussian_encoder():
+  """``output='location_scale'`` with its zero-initialized noise weights: z is linear in xi,
+  ``m(x) + exp(v(x) / 2) xi``, and the change-of-variables density is the Gaussian's
+  N(z; m, diag exp(v)) (scipy). Once the noise weights move, the map bends: the
+  Jacobian differs between two xi, while the density still equals per-code ``jacfwd``."""
+  encoder = NoiseMLPEncoder((16, 16), 4, "tanh", output="location_scale")
+  x = jax.random.uniform(jax.random.PRNGKey(0), (3, 10))
+  xi = jax.random.normal(jax.random.PRNGKey(1), (5, 4))
+  eta = encoder.init(jax.random.PRNGKey(2), x[:1], xi[:1])
+  assert not np.any(eta["params"]["input_xi"]["kernel"])
+  location = encoder.apply(eta, x[:, None], jnp.zeros((1, 1, 4)))  # [3, 1, 4]
+  scale = encoder.apply(eta, x[:, None], jnp.ones((1, 1, 4))) - location
+  z = encoder.apply(eta, x[:, None], xi[None])  # [3, 5, 4]
+  np.testing.assert_allclose(z, location + scale * xi[None], rtol=1e-5, atol=1e-6)
+  assert np.all(scale > 0)
+  for b in range(3):
+    for j in range(5):
+      code, log_q = stein_vae.change_of_variables_log_q(
+          lambda e: encoder.apply(eta, x[b], e), xi[j])
+      expected = scipy.stats.multivariate_normal(
+          np.asarray(location[b, 0], np.float64),
+          np.diag(np.asarray(scale[b, 0], np.float64) ** 2)).logpdf(np.asarray(code, np.float64))
+      np.testing.assert_allclose(log_q, expected, rtol=1e-5, atol=1e-4)
+
+  bent = jax.tree_util.tree_map(lambda a: a, eta)
+  bent["params"]["input_xi"]["kernel"] = jax.random.normal(jax.random.PRNGKey(3), (4, 16))
+  jacobian = lambda e: jax.jacfwd(lambda n: encoder.apply(bent, x[0], n))(e)
+  assert np.max(np.abs(jacobian(xi[0]) - jacobian(xi[1]))) > 1e-2
+  got = stein_vae.log_abs_det_jacobian(lambda n: encoder.apply(bent, x[:, None], n), xi[None])
+  np.testing.assert_allclose(got[0, 1], np.linalg.slogdet(jacobian(xi[1]))[1], rtol=1e-5,
+                             atol=1e-5)
 
 
 def test_precision_fit_loss_weights_errors_by_the_metric():
