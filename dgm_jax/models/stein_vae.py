@@ -94,6 +94,16 @@ every direction of z. ``fit_metric='precision'`` measures the fit's errors as
 ``|L^T (f - z')|``, which takes the ``Q^-1`` back out of the encoder's gradient, and
 in the whitened coordinates the problem is the isotropic one above.
 ``configs/mnist.py:entropy`` sets all three.
+
+The shape of f_eta (``encoder_output``, not in the dissertation; ``"mlp"`` by default).
+The dissertation's f_eta is an MLP on ``[x, xi]`` whose output is z, so the noise reaches
+z only through the tanh layers and every x-dependent scale must come from their
+curvature. ``encoder_output="location_scale"`` reads the last layer as two halves,
+``z = m(x, xi) + exp(v(x, xi) / 2) * xi``, with the noise's input weights starting at zero:
+the step's algorithm is unchanged, f_eta starts as the Gaussian VAE's encoder (the same
+trunk and heads), and the noise input lets q bend away from a Gaussian as training goes on.
+Its density still comes from the change of variables (``nets.recognition``).
+``configs/mnist.py:entropy,location_scale``.
 """
 
 import jax

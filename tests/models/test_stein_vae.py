@@ -389,6 +389,8 @@ def test_entropy_config_sets_the_precision_fit_and_the_calibrated_entropy(arg, n
   assert (section.learning_rate, section.svgd_step_size) == (1e-3, 1e-2)
   default = mnist.get_config().stein_vae  # the dissertation's fit
   assert (default.fit_metric, default.entropy_weight) == ("euclidean", 0.0)
+  assert section.encoder_output == default.encoder_output == "mlp"
+  assert mnist.get_config(arg + ",location_scale").stein_vae.encoder_output == "location_scale"
 
 
 @given(hnp.arrays(np.float64, (2, 3, 3), elements=finite(-2.0, 2.0)),
