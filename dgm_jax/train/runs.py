@@ -5,6 +5,9 @@
 the newest orbax checkpoint through ``checkpoint.Checkpointer`` into the
 replicated abstract state of ``jax.eval_shape(method.init)``, as a resumed run
 does. A finished run's newest checkpoint is its final state.
+
+``check_same_images`` guards comparisons of several runs image by image
+(``experiments.decoder_nll``'s paired differences).
 """
 
 import json
@@ -13,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+import numpy as np
 
 from dgm_jax import models
 from dgm_jax.data import registry
@@ -20,7 +24,8 @@ from dgm_jax.models.base import DataSpec
 from dgm_jax.train import checkpoint, parallel
 from dgm_jax.train.guards import ConfigError
 
-__all__ = ["Run", "load_run", "read_config", "load_data", "data_spec", "abstract_state"]
+__all__ = ["Run", "load_run", "read_config", "load_data", "data_spec", "abstract_state",
+           "images_evaluated", "check_same_images"]
 
 
 class Run(NamedTuple):
@@ -120,3 +125,31 @@ def abstract_state(method, config, data):
   replicated = parallel.replicated_sharding(parallel.make_mesh())
   return jax.tree_util.tree_map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract)
+
+
+def images_evaluated(config, data, split, num_examples):
+  """What decides the images a run is scored on: the split's first images and the
+  seed that binarizes them at evaluation."""
+  return (data.splits[split][:num_examples], config.eval.get("binarization_seed", None))
+
+
+def check_same_images(evaluated, workdirs):
+  """Stops before any evaluation when two runs would be scored on different images.
+
+  Args:
+    evaluated: ``images_evaluated`` of each run.
+    workdirs: the runs' folders, for the message.
+
+  Raises:
+    ConfigError: naming the first run whose images or binarization seed differ from
+      the first run's.
+  """
+  (reference, reference_seed) = evaluated[0]
+  for (images, seed), workdir in zip(evaluated[1:], workdirs[1:]):
+    if images.shape != reference.shape or not np.array_equal(images, reference):
+      raise ConfigError(f"{workdir} and {workdirs[0]} hold different images in this split: a "
+                        "paired comparison needs the same ones; evaluate them in separate calls")
+    if seed != reference_seed:
+      raise ConfigError(f"{workdir} binarizes its images with eval.binarization_seed={seed}"
+                        f" and {workdirs[0]} with {reference_seed}: a paired comparison needs "
+                        "the same images; evaluate them in separate calls")

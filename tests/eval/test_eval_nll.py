@@ -117,3 +117,28 @@ def test_laplace_newton_steps_never_go_downhill():
   mode, precisions, _ = nll.laplace_proposal(log_joint, z_init)
   assert float(log_joint(mode[None])[0]) >= float(log_joint(z_init[None])[0])
   assert np.all(np.asarray(precisions) >= 1e-2) and np.all(np.isfinite(np.asarray(mode)))
+
+
+def test_paired_difference_matches_scipys_paired_t_test():
+  """The paired standard error is the one of scipy's ``ttest_rel`` (t = mean / se)."""
+  rng = np.random.default_rng(0)
+  difficulty = rng.normal(95.0, 25.0, size=500)  # shared by both models
+  reference = difficulty + rng.normal(0.0, 1.0, size=500)
+  better = difficulty - 0.3 + rng.normal(0.0, 1.0, size=500)
+  got = nll.paired_difference(better, reference)
+  assert got["num_examples"] == 500
+  assert got["nll_difference_nats"] == pytest.approx(np.mean(better) - np.mean(reference))
+  t = stats.ttest_rel(better, reference).statistic
+  assert got["nll_difference_nats"] / got["standard_error_nats"] == pytest.approx(t, rel=1e-9)
+  # Pairing removes the shared difficulty: the unpaired standard error is ~18x larger here.
+  unpaired = math.sqrt(np.var(better, ddof=1) / 500 + np.var(reference, ddof=1) / 500)
+  assert unpaired > 10 * got["standard_error_nats"]
+  same = nll.paired_difference(reference, reference)
+  assert same["nll_difference_nats"] == 0.0 and same["standard_error_nats"] == 0.0
+
+
+@pytest.mark.parametrize("a,b", [(np.zeros(3), np.zeros(4)), (np.zeros(1), np.zeros(1)),
+                                 (np.zeros((2, 2)), np.zeros((2, 2)))])
+def test_paired_difference_rejects_unpaired_shapes(a, b):
+  with pytest.raises(ValueError, match="same length"):
+    nll.paired_difference(a, b)

@@ -88,6 +88,24 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
     train = json.load(open(os.path.join(workdir, "decoder_nll_train.json")))
     assert train["split"] == "train" and train["num_examples_evaluated"] == 4
     assert json.load(open(os.path.join(workdir, "decoder_nll.json"))) == written  # kept
+    # Paired: a run against itself sees the same images and keys, so every difference is 0.
+    code, out, err = launch([f"--workdir={workdir}", f"--workdir={workdir}", "--num_examples=6",
+                             "--num_samples=8", "--shape_examples=0"], experiment="decoder_nll")
+    assert code == 0, err[-3000:]
+    first, second = (json.loads(line) for line in out.strip().splitlines()[-2:])
+    assert "paired_with_first" not in first
+    paired = second["paired_with_first"]
+    assert paired["workdir"] == workdir and paired["num_examples"] == 6
+    for key in ("nll_difference_nats", "standard_error_nats", "nll_laplace_difference_nats",
+                "laplace_standard_error_nats"):
+      assert paired[key] == 0.0, paired
+    other = tmp_path / "other_binarization"  # only a config: the check runs before any restore
+    other.mkdir()
+    config["eval"]["binarization_seed"] = 1
+    json.dump(config, open(other / "config.json", "w"))
+    code, _, err = launch([f"--workdir={workdir}", f"--workdir={other}", "--num_examples=6"],
+                          experiment="decoder_nll")
+    assert_one_line_error(code, err, "binarization_seed=1", "paired")
 
 
 RESUME_ARGS = ["--config.train.num_steps=600",
@@ -202,3 +220,18 @@ def test_sharded_step_equals_single_device_step():
   proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "train", "_sharded_check.py")],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_paired_comparison_needs_the_same_images():
+  """``runs.check_same_images``, which ``experiments.decoder_nll`` runs before a paired call."""
+  from dgm_jax.train import runs
+  from dgm_jax.train.guards import ConfigError
+  images = np.zeros((3, 4), np.float32)
+  runs.check_same_images([(images, 0), (images.copy(), 0), (images, 0)], ["A", "B", "C"])
+  changed = images.copy()
+  changed[1, 2] = 1.0
+  for evaluated, needle in (([(images, 0), (images, 0), (changed, 0)], "C and A hold different"),
+                            ([(images, 0), (images[:2], 0)], "B and A hold different"),
+                            ([(images, 0), (images, 3)], "binarization_seed=3")):
+    with pytest.raises(ConfigError, match=needle):
+      runs.check_same_images(evaluated, ["A", "B", "C"][:len(evaluated)])
