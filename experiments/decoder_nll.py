@@ -32,8 +32,10 @@ the mean per-image difference of its NLLs from the first run's (``nll_difference
 negative where it is better; ``nll_laplace_difference_nats`` for the Laplace NLLs) and
 its standard error (``eval.nll.paired_difference``). Per-image differences cancel the
 images' shared difficulty: on 500 MNIST test images the standard error of a difference
-of two mean NLLs is about 1 nat, that of the paired difference about 0.1. The runs must
-share the data set and its split seed (their images must be the same).
+of two mean NLLs is above 1 nat, that of the paired difference a tenth of that. The runs
+must be scored on the same images (the split's first images and ``eval.binarization_seed``,
+``train.runs.check_same_images``); otherwise the call stops with one error line before any
+evaluation.
 
   python -m experiments.decoder_nll --workdir=runs/vae --workdir=runs/stein_vae
 """
@@ -73,7 +75,7 @@ def main(argv):
     configs = [runs.read_config(w) for w in workdirs]
     datasets = [runs.load_data(c) for c in configs]
     runs.check_same_images([runs.images_evaluated(c, d, _SPLIT.value, _NUM_EXAMPLES.value)
-                       for c, d in zip(configs, datasets)], workdirs)
+                            for c, d in zip(configs, datasets)], workdirs)
   except launch.KNOWN_ERRORS as error:
     sys.exit(f"error: {type(error).__name__}: {error}")
   for workdir, data in zip(workdirs, datasets):
