@@ -15,6 +15,7 @@ K = ``--num_samples`` importance samples each:
 Both are stochastic lower bounds on log p(x), so both NLLs are upper bounds:
 when the Laplace NLL is far below the encoder's, the encoder is a poor proposal;
 when both are high, the decoder itself assigns the data low likelihood.
+``nll_standard_error_nats`` is the standard error of ``nll_nats`` over the images.
 
 ``posterior_shape`` (on the first ``--shape_examples`` images, ``--shape_samples``
 draws of q each; medians over the images): q(z | x) against the Laplace
@@ -31,8 +32,8 @@ importance-sampling keys, so each run after the first also gets ``paired_with_fi
 the mean per-image difference of its NLLs from the first run's (``nll_difference_nats``,
 negative where it is better; ``nll_laplace_difference_nats`` for the Laplace NLLs) and
 its standard error (``eval.nll.paired_difference``). Per-image differences cancel the
-images' shared difficulty: on 500 MNIST test images the standard error of a difference
-of two mean NLLs is above 1 nat, that of the paired difference a tenth of that. The runs
+images' shared difficulty, so their standard error is far below that of a difference of
+two means, ``sqrt(se_a^2 + se_b^2)`` from each run's ``nll_standard_error_nats``. The runs
 must be scored on the same images (the split's first images and ``eval.binarization_seed``,
 ``train.runs.check_same_images``); otherwise the call stops with one error line before any
 evaluation.
@@ -143,11 +144,17 @@ def evaluate(workdir, num_examples, num_samples, seed, split="test", shape_examp
   result = {"workdir": workdir, "method": run.method.name, "steps": int(run.state.step),
             "split": split, "num_examples_evaluated": count, "nll_num_samples": num_samples,
             "nll_nats": float(np.mean(per_image["own"])),
-            "nll_laplace_nats": float(np.mean(per_image["laplace"]))}
+            "nll_laplace_nats": float(np.mean(per_image["laplace"])),
+            "nll_standard_error_nats": standard_error(per_image["own"])}
   if shape_examples > 0:
     result["posterior_shape"] = shape_medians(run, data, split, shape_examples, shape_samples,
                                               jax.random.fold_in(key, 1_000_003))
   return {**result, "wall_s": time.time() - start}, per_image
+
+
+def standard_error(values):
+  """Standard error of a mean over images (0 for a single image)."""
+  return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 def shape_medians(run, data, split, num_examples, num_samples, key):

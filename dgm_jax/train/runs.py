@@ -144,7 +144,7 @@ def check_same_images(evaluated, workdirs):
     ConfigError: naming the first run whose images or binarization seed differ from
       the first run's.
   """
-  (reference, reference_seed) = evaluated[0]
+  reference, reference_seed = evaluated[0]
   for (images, seed), workdir in zip(evaluated[1:], workdirs[1:]):
     if images.shape != reference.shape or not np.array_equal(images, reference):
       raise ConfigError(f"{workdir} and {workdirs[0]} hold different images in this split: a "

@@ -71,7 +71,7 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
     assert json.loads(out.strip().splitlines()[-1]) == written
     assert written["num_examples_evaluated"] == 12 and written["steps"] == 20
     assert written["method"] == results["variant"]
-    for key in ("nll_nats", "nll_laplace_nats"):
+    for key in ("nll_nats", "nll_laplace_nats", "nll_standard_error_nats"):
       assert np.isfinite(written[key]) and written[key] > 0, written
     assert written["split"] == "test"
     shape = written["posterior_shape"]  # medians over 5 images of eval.posterior_shape
