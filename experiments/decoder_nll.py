@@ -73,6 +73,9 @@ def main(argv):
   del argv
   workdirs, reference = _WORKDIRS.value, None
   try:
+    if len(workdirs) > 1 and _NUM_EXAMPLES.value < 2:
+      raise ConfigError(f"--num_examples={_NUM_EXAMPLES.value}: a paired comparison of several "
+                        "workdirs needs at least 2 images for its standard error")
     configs = [runs.read_config(w) for w in workdirs]
     datasets = [runs.load_data(c) for c in configs]
     runs.check_same_images([runs.images_evaluated(c, d, _SPLIT.value, _NUM_EXAMPLES.value)

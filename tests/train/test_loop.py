@@ -106,6 +106,9 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
     code, _, err = launch([f"--workdir={workdir}", f"--workdir={other}", "--num_examples=6"],
                           experiment="decoder_nll")
     assert_one_line_error(code, err, "binarization_seed=1", "paired")
+    code, _, err = launch([f"--workdir={workdir}", f"--workdir={workdir}", "--num_examples=1"],
+                          experiment="decoder_nll")
+    assert_one_line_error(code, err, "--num_examples=1", "at least 2")
 
 
 RESUME_ARGS = ["--config.train.num_steps=600",
