@@ -99,6 +99,10 @@ def stein_vae_section(**overrides):
       # entropy by the change of variables; not in the dissertation, 0 is its fit), estimated
       # on the first entropy_particles particles (models.stein_vae docstring)
       entropy_weight=0.0, entropy_particles=1,
+      # how the entropy term weighs those particles: 'uniform' (each 1 / m), or 'importance'
+      # (the Stein VIWAE only: each by M times its self-normalized weight, as the move weighs
+      # its pull; models.stein_vae docstring, "The VIWAE's entropy")
+      entropy_weights="uniform",
       # 'euclidean' (the dissertation's (4.13)) or 'precision': the fit's errors measured by
       # the Gauss-Newton precision Q (needs preconditioner='gauss_newton')
       fit_metric="euclidean",

@@ -20,7 +20,9 @@ Arguments after the colon, comma-separated:
   entropy  ``precond`` with q's entropy in the fit (not in the dissertation; README): the fit's
            errors measured by the Gauss-Newton precision (``fit_metric='precision'``), the
            dissertation's repulsion alpha = 1 and ``entropy_weight=1``, which together put the
-           few-particle fixed point at the posterior's variance for any M (``tests/test_svgd.py``)
+           few-particle fixed point at the posterior's variance for any M (``tests/test_svgd.py``);
+           with ``viwae`` the entropy's codes are weighed by their importance weights
+           (``entropy_weights='importance'``; ``=uniform`` gives the runs before 2026-12-06)
   location_scale
            the Stein encoder's output read as a location and a log-variance,
            ``z = m + exp(v / 2) xi`` (``encoder_output='location_scale'``; not in the
@@ -86,6 +88,8 @@ def get_config(arg=None):
         learning_rate=1e-3, lr_schedule="geometric", final_lr_fraction=0.1)
   if "entropy" in args:
     config.stein_vae.update(fit_metric="precision", repulsion_scale=1.0, entropy_weight=1.0)
+    if "viwae" in args:  # the entropy weighed as the weighted move weighs its pull
+      config.stein_vae.entropy_weights = "importance"
   if "location_scale" in args:
     config.stein_vae.encoder_output = "location_scale"
   if "ch5" in args:

@@ -95,6 +95,19 @@ every direction of z. ``fit_metric='precision'`` measures the fit's errors as
 in the whitened coordinates the problem is the isotropic one above.
 ``configs/mnist.py:entropy`` sets all three.
 
+The VIWAE's entropy (``entropy_weights``, not in the dissertation). The Stein VIWAE's
+move (4.42) weighs every particle's score term by its self-normalized importance weight,
+so a code in q's tail, where p / q is small, feels almost no pull back; an entropy term
+that weighs every code alike still pushes it out. Nothing then holds q's tails: a
+location-scale encoder fitted this way towards N(0, I) widens them from q = p, its
+bandwidth grows and the effective sample size falls towards 1 (``tests/models/
+test_stein_vae.py``, ``tail_dynamics``), as in the MNIST run that diverged (README).
+``entropy_weights='importance'`` weighs code j's log|det| by ``M w_j`` (gradients
+stopped), as the move weighs its pull: the entropy term becomes a self-normalized
+average under p, push and pull shrink together in the tails, and at q = p the weights
+are uniform, so the calibrated fixed point above is unchanged. ``configs/mnist.py``
+sets it with ``entropy`` and ``viwae``.
+
 The shape of f_eta (``encoder_output``, not in the dissertation; ``"mlp"`` by default).
 The dissertation's f_eta is an MLP on ``[x, xi]`` whose output is z, so the noise reaches
 z only through the tanh layers and every x-dependent scale must come from their
@@ -130,13 +143,16 @@ __all__ = [
     "codes_fit_loss",
     "change_of_variables_log_q",
     "log_abs_det_jacobian",
+    "entropy_particle_weights",
     "gauss_newton_precision",
     "PRECONDITIONERS",
     "FIT_METRICS",
+    "ENTROPY_WEIGHTS",
 ]
 
 PRECONDITIONERS = ("none", "gauss_newton")
 FIT_METRICS = ("euclidean", "precision")
+ENTROPY_WEIGHTS = ("uniform", "importance")
 
 
 def latent_scores(log_joint_fn, z):
@@ -255,6 +271,26 @@ def log_abs_det_jacobian(encode_noise, xi):
   return jnp.linalg.slogdet(jnp.moveaxis(columns, 0, -1))[1]
 
 
+def entropy_particle_weights(log_det, weights=None):
+  """The entropy term's estimate of ``E log|det df/dxi|`` from its first m particles.
+
+  Args:
+    log_det: [B, m] log|det df/dxi| at each example's first m codes.
+    weights: None (each code weighed 1 / m, the Stein VAE's q-average), or [B, M]
+      self-normalized importance weights of all M codes (the Stein VIWAE): code j
+      weighed ``M w_j / m``, gradients stopped, so the term is a self-normalized
+      estimate of the average under p, the distribution the weighted move pulls by.
+
+  Returns:
+    Scalar: the mean over examples.
+  """
+  if weights is None:
+    return jnp.mean(log_det)
+  num_particles, num_used = weights.shape[1], log_det.shape[1]
+  scale = jax.lax.stop_gradient(num_particles * weights[:, :num_used])
+  return jnp.mean(scale * log_det)
+
+
 def gauss_newton_precision(logits_fn, z):
   """``J^T diag(p (1 - p)) J + I``: the Gauss-Newton precision of Bernoulli pixels and N(0, I).
 
@@ -341,6 +377,15 @@ def make_method(config, spec):
   if not (isinstance(entropy_particles, int) and 0 < entropy_particles <= num_particles):
     raise ValueError(f"stein_vae.entropy_particles={entropy_particles} must be an integer in "
                      f"[1, num_particles={num_particles}]")
+  entropy_weights = section.get("entropy_weights", "uniform")
+  if entropy_weights not in ENTROPY_WEIGHTS:
+    raise ValueError(f"stein_vae.entropy_weights={entropy_weights!r} is not one of "
+                     f"{ENTROPY_WEIGHTS} ('uniform': each particle's log|det| weighed 1 / m; "
+                     "'importance': by M times its importance weight, the Stein VIWAE's)")
+  if entropy_weights == "importance" and not section.importance_weighted:
+    raise ValueError("stein_vae.entropy_weights='importance' weighs the entropy term by the "
+                     "Stein VIWAE's importance weights; set importance_weighted=True or "
+                     "entropy_weights='uniform'")
   encoder, decoder = make_nets(section, spec)
   label_decoder = semi_supervised.LabelDecoder(semi.num_classes) if semi else None
   steps_per_epoch = max(spec.num_train // config.data.batch_size, 1)
@@ -391,9 +436,11 @@ def make_method(config, spec):
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state)
 
   def fit_encoder(eta, opt_state, x, xi, targets, codes, pullback, dropout_key=None,
-                  metric_cholesky=None):
+                  metric_cholesky=None, weights=None):
     """K Adam steps on (4.13) towards the moved particles (with ``entropy_weight``, plus the
-    entropy term; with ``metric_cholesky``, the errors measured by Q).
+    entropy term; with ``metric_cholesky``, the errors measured by Q; ``weights`` [B, M], the
+    VIWAE's normalized importance weights, weigh the entropy term's particles by ``M w``
+    under ``entropy_weights='importance'``).
 
     With all M particles the first step's gradient comes from ``pullback``, the
     VJP of the forward pass that produced ``codes = f_eta(x, xi)`` at this eta
@@ -418,8 +465,8 @@ def make_method(config, spec):
       constant; the mean log|det|)."""
       log_det = log_abs_det_jacobian(lambda noise: encode(e, x[:, None, :], noise, dropout_key),
                                      xi[None, :entropy_particles])
-      mean_log_det = jnp.mean(log_det)
-      return -entropy_weight * section.svgd_step_size * mean_log_det, mean_log_det
+      weighted_log_det = entropy_particle_weights(log_det, weights)
+      return -entropy_weight * section.svgd_step_size * weighted_log_det, jnp.mean(log_det)
 
     def one_step(carry, _):
       loss, grads = jax.value_and_grad(fit_loss)(carry[0])
@@ -515,7 +562,8 @@ def make_method(config, spec):
                                  section.bandwidth_convention, repulsion_scale, kernel, cholesky)
     eta, enc_opt_state, fit_losses, log_det = fit_encoder(
         eta, state.opt_state["encoder"], x, xi, moved, z, encoder_pullback, dropout_key,
-        cholesky if fit_metric == "precision" else None)
+        cholesky if fit_metric == "precision" else None,
+        weights if entropy_weights == "importance" else None)
     thetas, dec_opt_state = adam_step(decoder_opt, thetas, state.opt_state["decoder"],
                                       decoder_grads)
     params = {"encoder": eta, "decoder": thetas}
