@@ -143,7 +143,7 @@ __all__ = [
     "codes_fit_loss",
     "change_of_variables_log_q",
     "log_abs_det_jacobian",
-    "entropy_particle_weights",
+    "weighted_mean_log_det",
     "gauss_newton_precision",
     "PRECONDITIONERS",
     "FIT_METRICS",
@@ -271,7 +271,7 @@ def log_abs_det_jacobian(encode_noise, xi):
   return jnp.linalg.slogdet(jnp.moveaxis(columns, 0, -1))[1]
 
 
-def entropy_particle_weights(log_det, weights=None):
+def weighted_mean_log_det(log_det, weights=None):
   """The entropy term's estimate of ``E log|det df/dxi|`` from its first m particles.
 
   Args:
@@ -465,8 +465,8 @@ def make_method(config, spec):
       constant; the mean log|det|)."""
       log_det = log_abs_det_jacobian(lambda noise: encode(e, x[:, None, :], noise, dropout_key),
                                      xi[None, :entropy_particles])
-      weighted_log_det = entropy_particle_weights(log_det, weights)
-      return -entropy_weight * section.svgd_step_size * weighted_log_det, jnp.mean(log_det)
+      return (-entropy_weight * section.svgd_step_size * weighted_mean_log_det(log_det, weights),
+              jnp.mean(log_det))
 
     def one_step(carry, _):
       loss, grads = jax.value_and_grad(fit_loss)(carry[0])

@@ -173,17 +173,17 @@ def test_viwae_step_weighs_the_entropy_by_the_importance_weights_written_out():
 
 @given(hnp.arrays(np.float64, (3, 4), elements=finite(-30.0, 5.0)),
        hnp.arrays(np.float64, (3, 6), elements=finite(-50.0, 50.0)))
-def test_entropy_particle_weights_average_by_importance(log_det, log_w):
+def test_weighted_mean_log_det_averages_by_importance(log_det, log_w):
   """Uniform: the plain mean of the first m codes' log|det|. Importance: code j of m weighed
   ``M w_j / m``, written out; with equal weights the two agree."""
   weights = np.exp(log_w - log_w.max(1, keepdims=True))
   weights /= weights.sum(1, keepdims=True)
-  np.testing.assert_allclose(stein_vae.entropy_particle_weights(log_det), log_det.mean())
+  np.testing.assert_allclose(stein_vae.weighted_mean_log_det(log_det), log_det.mean())
   expected = np.mean([[6 * weights[b, j] * log_det[b, j] / 4 for j in range(4)]
                       for b in range(3)]) * 4
-  np.testing.assert_allclose(stein_vae.entropy_particle_weights(log_det, weights), expected,
+  np.testing.assert_allclose(stein_vae.weighted_mean_log_det(log_det, weights), expected,
                              rtol=1e-9, atol=1e-9)
-  np.testing.assert_allclose(stein_vae.entropy_particle_weights(log_det, np.full((3, 6), 1 / 6)),
+  np.testing.assert_allclose(stein_vae.weighted_mean_log_det(log_det, np.full((3, 6), 1 / 6)),
                              log_det.mean(), rtol=1e-12)
 
 
@@ -218,7 +218,7 @@ def tail_dynamics(entropy_weights, start, dim=50, num_particles=10, batch=16, it
                else None)
 
     def loss(p):
-      entropy = stein_vae.entropy_particle_weights(
+      entropy = stein_vae.weighted_mean_log_det(
           stein_vae.log_abs_det_jacobian(lambda n: encode(p, n), xi), weights)
       return stein_vae.codes_fit_loss(encode(p, xi), moved) - step_size * entropy
 
