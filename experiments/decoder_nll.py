@@ -148,16 +148,11 @@ def evaluate(workdir, num_examples, num_samples, seed, split="test", shape_examp
             "split": split, "num_examples_evaluated": count, "nll_num_samples": num_samples,
             "nll_nats": float(np.mean(per_image["own"])),
             "nll_laplace_nats": float(np.mean(per_image["laplace"])),
-            "nll_standard_error_nats": standard_error(per_image["own"])}
+            "nll_standard_error_nats": nll.standard_error(per_image["own"])}
   if shape_examples > 0:
     result["posterior_shape"] = shape_medians(run, data, split, shape_examples, shape_samples,
                                               jax.random.fold_in(key, 1_000_003))
   return {**result, "wall_s": time.time() - start}, per_image
-
-
-def standard_error(values):
-  """Standard error of a mean over images (0 for a single image)."""
-  return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 def shape_medians(run, data, split, num_examples, num_samples, key):

@@ -69,6 +69,12 @@ def bits_per_dim(nll_nats, num_dims):
   return nll_nats / (num_dims * math.log(2.0))
 
 
+def standard_error(values):
+  """Standard error of a mean over images, std(values, ddof=1) / sqrt(N) (0 for a single image)."""
+  values = np.asarray(values, np.float64)
+  return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
 def paired_difference(nll, reference_nll):
   """Mean per-image NLL difference of two models on the same images, with its standard error.
 
@@ -98,7 +104,7 @@ def paired_difference(nll, reference_nll):
   differences = nll - reference_nll
   return {"num_examples": int(differences.shape[0]),
           "nll_difference_nats": float(np.mean(differences)),
-          "standard_error_nats": float(np.std(differences, ddof=1) / math.sqrt(len(differences)))}
+          "standard_error_nats": standard_error(differences)}
 
 
 def laplace_proposal(log_joint, z_init, num_newton_steps=8, min_precision=1e-2,

@@ -119,6 +119,13 @@ def test_laplace_newton_steps_never_go_downhill():
   assert np.all(np.asarray(precisions) >= 1e-2) and np.all(np.isfinite(np.asarray(mode)))
 
 
+def test_standard_error_is_scipys_sem_and_zero_for_one_image():
+  """The standard error of a mean NLL is scipy's ``sem``; one image has none to estimate (0)."""
+  values = np.random.default_rng(1).normal(95.0, 25.0, size=37)
+  assert nll.standard_error(values) == pytest.approx(stats.sem(values), rel=1e-12)
+  assert nll.standard_error([93.5]) == 0.0
+
+
 def test_paired_difference_matches_scipys_paired_t_test():
   """The paired standard error is the one of scipy's ``ttest_rel`` (t = mean / se)."""
   rng = np.random.default_rng(0)
