@@ -25,7 +25,12 @@ q there (1 where they agree), q's mean offset, the Gaussian KL between the two,
 log det H, which grows as the decoder's posteriors sharpen, and ``entropy_deficit``,
 how much less entropy q has than a Gaussian of its own moments (0 for the VAE). Writes
 ``decoder_nll.json`` (``decoder_nll_train.json``, ``decoder_nll_valid.json`` for
-the other splits) into each workdir and prints one JSON line per run.
+the other splits) into each workdir and prints one JSON line per run. The per-image NLLs
+behind the means are saved beside it, ``decoder_nll_per_image.npz`` (arrays ``own`` and
+``laplace``, in the split's order), so a run trained later can be paired with these
+(``eval.nll.paired_difference``) without scoring them again: the same ``--seed``,
+``--num_samples``, split and ``eval.batch_size`` give every run the same images and
+importance-sampling keys.
 
 Paired comparison. With several workdirs every run sees the same images and the same
 importance-sampling keys, so each run after the first also gets ``paired_with_first``:
@@ -93,8 +98,9 @@ def main(argv):
       reference = (workdir, per_image)
     else:
       result["paired_with_first"] = paired_with(reference, per_image)
-    name = "decoder_nll.json" if _SPLIT.value == "test" else f"decoder_nll_{_SPLIT.value}.json"
-    writers.write_json(os.path.join(workdir, name), result)
+    name = "decoder_nll" if _SPLIT.value == "test" else f"decoder_nll_{_SPLIT.value}"
+    writers.write_json(os.path.join(workdir, name + ".json"), result)
+    np.savez(os.path.join(workdir, name + "_per_image.npz"), **per_image)
     print(json.dumps(result))
 
 

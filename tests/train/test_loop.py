@@ -74,6 +74,10 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
     for key in ("nll_nats", "nll_laplace_nats", "nll_standard_error_nats"):
       assert np.isfinite(written[key]) and written[key] > 0, written
     assert written["split"] == "test"
+    per_image = np.load(os.path.join(workdir, "decoder_nll_per_image.npz"))  # behind the means
+    assert per_image["own"].shape == per_image["laplace"].shape == (12,)
+    assert np.mean(per_image["own"]) == pytest.approx(written["nll_nats"], rel=1e-12)
+    assert np.mean(per_image["laplace"]) == pytest.approx(written["nll_laplace_nats"], rel=1e-12)
     shape = written["posterior_shape"]  # medians over 5 images of eval.posterior_shape
     assert all(np.isfinite(v) for v in shape.values()), shape
     assert 0 < shape["whitened_var_min"] <= shape["whitened_var_median"] <= shape[
