@@ -74,7 +74,7 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
     for key in ("nll_nats", "nll_laplace_nats", "nll_standard_error_nats"):
       assert np.isfinite(written[key]) and written[key] > 0, written
     assert written["split"] == "test"
-    per_image = np.load(os.path.join(workdir, "decoder_nll_per_image.npz"))  # behind the means
+    per_image = dict(np.load(os.path.join(workdir, "decoder_nll_per_image.npz")))  # the means'
     assert per_image["own"].shape == per_image["laplace"].shape == (12,)
     assert np.mean(per_image["own"]) == pytest.approx(written["nll_nats"], rel=1e-12)
     assert np.mean(per_image["laplace"]) == pytest.approx(written["nll_laplace_nats"], rel=1e-12)
@@ -94,8 +94,12 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
     assert json.load(open(os.path.join(workdir, "decoder_nll.json"))) == written  # kept
     # Paired: a run against itself sees the same images and keys, so every difference is 0.
     code, out, err = launch([f"--workdir={workdir}", f"--workdir={workdir}", "--num_examples=6",
-                             "--num_samples=8", "--shape_examples=0"], experiment="decoder_nll")
+                             "--num_samples=16", "--shape_examples=0"], experiment="decoder_nll")
     assert code == 0, err[-3000:]
+    # A later call draws the same keys: its per-image NLLs are the first call's first 6.
+    later = np.load(os.path.join(workdir, "decoder_nll_per_image.npz"))
+    for name in ("own", "laplace"):
+      np.testing.assert_array_equal(later[name], per_image[name][:6])
     first, second = (json.loads(line) for line in out.strip().splitlines()[-2:])
     assert "paired_with_first" not in first
     paired = second["paired_with_first"]
