@@ -74,7 +74,8 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
     for key in ("nll_nats", "nll_laplace_nats", "nll_standard_error_nats"):
       assert np.isfinite(written[key]) and written[key] > 0, written
     assert written["split"] == "test"
-    per_image = dict(np.load(os.path.join(workdir, "decoder_nll_per_image.npz")))  # the means'
+    # The per-image NLLs behind the means.
+    per_image = dict(np.load(os.path.join(workdir, "decoder_nll_per_image.npz")))
     assert per_image["own"].shape == per_image["laplace"].shape == (12,)
     assert np.mean(per_image["own"]) == pytest.approx(written["nll_nats"], rel=1e-12)
     assert np.mean(per_image["laplace"]) == pytest.approx(written["nll_laplace_nats"], rel=1e-12)
