@@ -99,8 +99,8 @@ def main(argv):
     else:
       result["paired_with_first"] = paired_with(reference, per_image)
     name = "decoder_nll" if _SPLIT.value == "test" else f"decoder_nll_{_SPLIT.value}"
+    writers.write_npz(os.path.join(workdir, name + "_per_image.npz"), per_image)
     writers.write_json(os.path.join(workdir, name + ".json"), result)
-    np.savez(os.path.join(workdir, name + "_per_image.npz"), **per_image)
     print(json.dumps(result))
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 from absl import logging
 
-__all__ = ["MetricWriter", "ProgressLine", "write_json"]
+__all__ = ["MetricWriter", "ProgressLine", "write_json", "write_npz"]
 
 
 class MetricWriter:
@@ -88,6 +88,14 @@ def write_json(path, obj):
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+  os.replace(tmp, path)
+
+
+def write_npz(path, arrays):
+  """Writes a dict of arrays as ``.npz`` at exactly ``path``, atomically (as ``write_json``)."""
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+    np.savez(f, **arrays)
   os.replace(tmp, path)
 
 
