@@ -98,6 +98,9 @@ def weighted_svgd_direction(particles, scores, log_weights, bandwidth=None,
   if bandwidth is None:
     bandwidth = kernels.median_bandwidth(particles, convention)
   weights = jax.nn.softmax(jax.lax.stop_gradient(log_weights))
+  # The repulsive term sum_m w_m k_nm (x_n - x_m) in matrix form cancels like the Gram
+  # distances (``kernels.pairwise_sq_dists``) unless the set is centered first.
+  particles = particles - jnp.mean(particles, axis=0)
   gram = kernels.rbf_kernel(particles, particles, bandwidth)  # symmetric [M, M]
   weighted_gram = gram * weights[None, :]  # [n, m] -> k(x_m, x_n) w_m
   driving = weighted_gram @ scores
