@@ -208,7 +208,8 @@ class TestRepulsionScale:
     lambda E_j log|det df/dxi_j| = lambda d log sigma (``models.stein_vae``);
     that expectation over ``num_sets`` draws of M noise vectors (the same draws
     for every sigma) is found to change sign once, and bisection finds where. The
-    median bandwidth, as in training."""
+    ``"median"`` bandwidth convention, as ``:precond`` and ``:entropy`` train with (the
+    default config's ``"liu_wang"`` convention has a fixed point of its own)."""
     xi = jax.random.normal(jax.random.PRNGKey(0), (num_sets, num_particles, dim))
 
     @jax.jit

@@ -544,7 +544,9 @@ def make_method(config, spec):
       _, label_scores = label_pullback(jnp.ones_like(label_log_p))
     if section.importance_weighted:
       log_p, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
-      if semi:  # the weights (4.40) of labeled codes see log p(x, y, z)
+      # The weights (4.40) of labeled codes see log p(x, z) + zeta log p(y | z): the joint
+      # tempered by zeta, as in the scores (4.54) that move them.
+      if semi:
         log_p, scores = log_p + label_log_p, scores + label_scores
       _, log_q = log_q_codes(eta, x, jnp.broadcast_to(xi, z.shape))
       log_w = jax.lax.stop_gradient(log_p - log_q)
