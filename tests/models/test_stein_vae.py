@@ -299,7 +299,14 @@ def test_gauss_newton_precision_of_a_linear_decoder_is_the_exact_hessian(weights
      (2, 1, 1.0, "rbf", "none", 2, 0.5, dict(entropy_weight=2.0, entropy_particles=1)),
      (2, 0, 1.0, "rbf", "gauss_newton", 0, 0.0,
       dict(fit_metric="precision", entropy_weight=1.0, entropy_particles=4,
-           encoder_output="location_scale"))])
+           encoder_output="location_scale")),
+     (2, 0, 2.0, "rbf", "none", 3, 0.0, dict(importance_weighted=True)),
+     (1, 0, 1.0, "coordinatewise", "none", 0, 0.0, dict(importance_weighted=True)),
+     (2, 0, 1.0, "rbf", "gauss_newton", 0, 0.0,  # :entropy,location_scale,viwae
+      dict(importance_weighted=True, fit_metric="precision", entropy_weight=1.0,
+           entropy_particles=4, entropy_weights="importance", encoder_output="location_scale")),
+     (1, 0, 1.0, "rbf", "none", 0, 0.0,
+      dict(importance_weighted=True, entropy_weight=0.5, entropy_particles=2))])
 def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha, kernel,
                                                      preconditioner, fit_particles, dropout_rate,
                                                      extra):
@@ -307,14 +314,17 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   particle subsets, encoder dropout, the entropy term by forward-mode columns, the fit
   measured by the precision) against a plain composition of the algorithm's steps 1-5.
   ``extra``: the section's other settings (``entropy_weight``, ``entropy_particles``,
-  ``fit_metric``)."""
+  ``fit_metric``; ``importance_weighted``: the Stein VIWAE of 4.3, its weights (4.40) from
+  log q by the change of variables, here whole-batch ``jacfwd`` blocks)."""
   config = mnist.get_config("smoke")
   section = config.stein_vae
   section.update(num_particles=4, encoder_steps=encoder_steps,
                  decoder_grad_particles=grad_particles, encoder_fit_particles=fit_particles,
-                 svgd_step_size=0.05, learning_rate=1e-2, repulsion_scale=alpha, kernel=kernel,
+                 svgd_step_size=0.05, learning_rate=1e2, repulsion_scale=alpha, kernel=kernel,
                  preconditioner=preconditioner, encoder_dropout=dropout_rate)
-  section.update(extra)
+  # Adam's first step is lr sign(g) for eps << |g|, blind to the gradients' sizes: with
+  # eps >> |g| it is lr g / eps, so the updates below check the gradients themselves.
+  section.update(extra, adam_eps=1e4)
   entropy_weight, entropy_particles = section.entropy_weight, section.entropy_particles
   data = registry.load("digits")
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
@@ -342,22 +352,34 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
 
   z = encoder.apply(eta, x[:, None], xi[None], dropout_key)
   scores = jax.grad(lambda c: jnp.sum(log_joint(theta, c)))(z)
-  # SVGD (4.12) per example, the repulsive term scaled by alpha, written out.
-  def direction(particles, particle_scores):
+
+  def noise_jacobians(e, num):
+    """[B, num, D, D]: each code's Jacobian df/dxi, a diagonal block of the whole batch's."""
+    whole = jax.jacfwd(lambda n: encoder.apply(e, x[:, None], n, dropout_key))(xi[None, :num])
+    return jnp.stack([whole[:, j, :, 0, j, :] for j in range(num)], 1)
+
+  if section.importance_weighted:  # (4.40): w ~ p(x, z) / q(z | x), q by the change of variables
+    log_q = (jnp.sum(-0.5 * xi**2 - 0.5 * np.log(2 * np.pi), -1)
+             - jnp.linalg.slogdet(noise_jacobians(eta, 4))[1])
+    weights = jax.nn.softmax(log_joint(theta, z) - log_q, axis=1)  # [B, M]
+  else:
+    weights = jnp.full((8, 4), 0.25)
+  # (Weighted) SVGD (4.12)/(4.42) per example, the repulsive term scaled by alpha, written out.
+  def direction(particles, particle_scores, w):
     bandwidth = kernels.median_bandwidth(particles, section.bandwidth_convention)
-    gram = jnp.exp(-jnp.sum((particles[:, None] - particles[None]) ** 2, -1) / bandwidth)
+    gram = w * jnp.exp(-jnp.sum((particles[:, None] - particles[None]) ** 2, -1) / bandwidth)
     differences = particles[:, None] - particles[None]
     repulsive = (2.0 / bandwidth) * jnp.sum(gram[..., None] * differences, axis=1)
-    return (gram @ particle_scores + alpha * repulsive) / particles.shape[0]
+    return gram @ particle_scores + alpha * repulsive
   if kernel == "coordinatewise":  # the same one-dimensional SVGD on each coordinate alone
     one_dim = direction
-    direction = lambda p, s: jnp.concatenate(
-        [one_dim(p[:, d:d + 1], s[:, d:d + 1]) for d in range(p.shape[1])], axis=1)
+    direction = lambda p, s, w: jnp.concatenate(
+        [one_dim(p[:, d:d + 1], s[:, d:d + 1], w) for d in range(p.shape[1])], axis=1)
   if preconditioner == "gauss_newton":
     # The matrix-valued kernel Q^-1 k_Q with k_Q(a, b) = exp(-(a - b)^T Q (a - b) / h),
     # Q = J^T diag(p (1 - p)) J + I at the mean particle (J by reverse mode here), and h
     # the median heuristic of the whitened particles L^T z.
-    def direction(particles, particle_scores):
+    def direction(particles, particle_scores, w):
       mean = jnp.mean(particles, axis=0)
       jac = jax.jacrev(lambda c: decoder.apply(theta, c))(mean)
       p = jax.nn.sigmoid(decoder.apply(theta, mean))
@@ -365,12 +387,11 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
       whitened = particles @ jnp.linalg.cholesky(precision)
       bandwidth = kernels.median_bandwidth(whitened, section.bandwidth_convention)
       differences = particles[:, None] - particles[None]  # [n, m, D]: z_n - z_m
-      gram = jnp.exp(-jnp.einsum("nmd,de,nme->nm", differences, precision, differences)
-                     / bandwidth)
+      gram = w * jnp.exp(-jnp.einsum("nmd,de,nme->nm", differences, precision, differences)
+                         / bandwidth)
       repulsive = (2.0 / bandwidth) * jnp.einsum("nm,nmd->nd", gram, differences @ precision)
-      return jnp.linalg.solve(precision, (gram @ particle_scores + alpha * repulsive).T).T / (
-          particles.shape[0])
-  moved = z + section.svgd_step_size * jax.vmap(direction)(z, scores)
+      return jnp.linalg.solve(precision, (gram @ particle_scores + alpha * repulsive).T).T
+  moved = z + section.svgd_step_size * jax.vmap(direction)(z, scores, weights)
   # The fit's metric: I, or each example's Gauss-Newton precision Q at its mean particle,
   # the error e weighted as e^T Q e.
   def fit_metric(particles):
@@ -390,10 +411,9 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   def entropy_loss(e):
     """-lambda eps E_n E_j log|det df/dxi_j| on the first m particles, each Jacobian a
     diagonal block of the whole batch's Jacobian (jacfwd), masks included."""
-    noise = xi[None, :entropy_particles]
-    whole = jax.jacfwd(lambda n: encoder.apply(e, x[:, None], n, dropout_key))(noise)
-    blocks = jnp.stack([whole[:, j, :, 0, j, :] for j in range(entropy_particles)], 1)
-    log_det = jnp.linalg.slogdet(blocks)[1]  # [B, m]
+    log_det = jnp.linalg.slogdet(noise_jacobians(e, entropy_particles))[1]  # [B, m]
+    if section.entropy_weights == "importance":  # code j weighed by M w_j
+      log_det = 4 * weights[:, :entropy_particles] * log_det
     return -entropy_weight * section.svgd_step_size * jnp.mean(log_det)
 
   for _ in range(encoder_steps):
@@ -405,15 +425,26 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
     eta = optax.apply_updates(eta, updates)
   m = grad_particles or 4
   # The loss metric: the mean negative log-joint over the decoder's gradient particles.
-  np.testing.assert_allclose(metrics["loss"], -jnp.mean(log_joint(theta, z[:, :m])), rtol=1e-5)
+  # The VIWAE's: the weighted sum over each example's particles, and the same for theta's
+  # gradient of (4.1) (its weights held constant).
+  def neg_log_joint(t):
+    if section.importance_weighted:
+      return -jnp.mean(jnp.sum(weights * log_joint(t, z), axis=1))
+    return -jnp.mean(log_joint(t, z[:, :m]))
+  np.testing.assert_allclose(metrics["loss"], neg_log_joint(theta), rtol=1e-5)
   dec_opt = make_optimizer(section, config.train.num_steps, steps_per_epoch)
-  grads = jax.grad(lambda t: -jnp.mean(log_joint(t, z[:, :m])))(theta)
+  grads = jax.grad(neg_log_joint)(theta)
   updates, _ = dec_opt.update(grads, state.opt_state["decoder"], theta)
   theta = optax.apply_updates(theta, updates)
 
-  for got, want in ((new_state.params["encoder"], eta), (new_state.params["decoder"], theta)):
-    jax.tree_util.tree_map(lambda g, w: np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-6),
-                           got, want)
+  old = state.params
+  for name, want in (("encoder", eta), ("decoder", theta)):  # the updates, old params removed
+    got = jax.tree_util.tree_map(jnp.subtract, new_state.params[name], old[name])
+    want = jax.tree_util.tree_map(jnp.subtract, want, old[name])
+    scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree_util.tree_leaves(want))
+    assert scale > 1e-4, f"the {name} did not move"
+    jax.tree_util.tree_map(
+        lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-5 * scale), got, want)
 
 
 @pytest.mark.parametrize("grad_particles,fit_particles,full_log1p", [(0, 0, True), (1, 2, False)])
