@@ -37,10 +37,8 @@ def main(argv):
                                               config.data.batch_size)
   jax.block_until_ready((stein_params, vae_params))
   train_time = time.perf_counter() - start
-  writer = writers.MetricWriter(workdir, tensorboard=False)
-  for step, row in toy_lib.history_records({"stein": stein_metrics, "vae": vae_metrics},
-                                           config.train.log_every):
-    writer.write(step, "train", row)
+  launch.write_toy_history(workdir, toy_lib.history_records(
+      {"stein": stein_metrics, "vae": vae_metrics}, config.train.log_every))
   x_test, num, dim = data.splits["test"], config.eval.num_posterior_samples, toy.mu.shape[0]
   keys = jax.random.split(eval_key, 4)
   samples = {"exact": toy_lib.exact_samples(keys[0], x_test, toy, num),

@@ -35,10 +35,8 @@ def main(argv):
   vae_params, vae_metrics = pfa_toy.train_vae(keys[1], x_train, toy, vae, vae_steps, batch)
   jax.block_until_ready((stein_params, vae_params))
   train_time = time.perf_counter() - start
-  writer = writers.MetricWriter(workdir, tensorboard=False)
-  for step, row in posterior_toy.history_records({"stein": stein_metrics, "vae": vae_metrics},
-                                                 config.train.log_every):
-    writer.write(step, "train", row)
+  launch.write_toy_history(workdir, posterior_toy.history_records(
+      {"stein": stein_metrics, "vae": vae_metrics}, config.train.log_every))
   # Twice the chains: the second half, scored like a method, measures the reference's own error.
   draws = pfa_toy.gibbs_sample(keys[2], x_test, toy.loadings, toy.shape, toy.rate,
                                **{**dict(config.gibbs), "num_chains": 2 * config.gibbs.num_chains})

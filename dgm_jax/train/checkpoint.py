@@ -41,6 +41,13 @@ class Checkpointer:
     self._manager.wait_until_finished()
     return step
 
+  def delete_from(self, step):
+    """Deletes every checkpoint at ``step`` or later; returns the newest one left (or None)."""
+    for saved in self.all_steps():
+      if saved >= step:
+        self._manager.delete(saved)
+    return self.latest_step()
+
   def restore(self, abstract_state, step=None):
     """Restores into the shapes and shardings of ``abstract_state``."""
     step = self.latest_step() if step is None else step

@@ -14,7 +14,8 @@ class NonFiniteLossError(FloatingPointError):
 
   def __init__(self, step, name, value, last_checkpoint):
     kept = (f"the last good checkpoint (step {last_checkpoint}) is kept"
-            if last_checkpoint is not None else "no checkpoint had been written yet")
+            if last_checkpoint is not None else
+            f"no checkpoint before step {step - 1}, whose state gave it, is left")
     super().__init__(
         f"non-finite {name}={value} at step {step}; training stopped and {kept}. "
         "Lower the learning rate or check the data scaling.")

@@ -8,15 +8,15 @@ exit status 1 instead of a traceback.
 import os
 import sys
 
-from absl import app, logging
+from absl import app, flags, logging
 
 from dgm_jax.data import registry
 from dgm_jax.data.registry import DataError
 from dgm_jax.train import loop, writers
-from dgm_jax.train.guards import ConfigError, NonFiniteLossError
+from dgm_jax.train.guards import ConfigError, NonFiniteLossError, first_non_finite
 from dgm_jax.train.parallel import BatchSplitError
 
-__all__ = ["run_app", "run_main", "main", "start_toy", "KNOWN_ERRORS"]
+__all__ = ["run_app", "run_main", "main", "start_toy", "write_toy_history", "KNOWN_ERRORS"]
 
 KNOWN_ERRORS = (ConfigError, DataError, BatchSplitError, NonFiniteLossError)
 
@@ -45,11 +45,12 @@ def run_main(main_fn):
   started = []
 
   def _main(argv):
+    _load_config_flag()
     started.append(True)
     return main_fn(argv)
 
   try:
-    app.run(_main)
+    app.run(_main, flags_parser=_parse_flags)
   except (AttributeError, KeyError, TypeError, ValueError) as error:
     if started:
       raise
@@ -75,6 +76,9 @@ def start_toy(config, argv, workdir, dataset, usage):
   """
   if len(argv) > 1 or config is None or config.data.name != dataset:
     _fail(f"pass {usage} (data.name {dataset!r}) and no other arguments; got {argv[1:]}")
+  for key in ("num_steps", "log_every"):
+    if not config.train[key] >= 1:
+      _fail(f"ConfigError: train.{key}={config.train[key]} must be at least 1")
   workdir = workdir or loop.default_workdir(f"{dataset}_toy", dataset)
   os.makedirs(workdir, exist_ok=True)
   try:
@@ -83,6 +87,22 @@ def start_toy(config, argv, workdir, dataset, usage):
     _fail(f"DataError: {error}")
   writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   return workdir, data
+
+
+def write_toy_history(workdir, records):
+  """A posterior toy's ``metrics.jsonl`` from ``(step, row)`` records, written anew (a toy
+  keeps no checkpoints, so a re-run starts over); a non-finite value is one error line."""
+  bad = first_non_finite(records)
+  if bad is not None:
+    step, name, value = bad
+    _fail(f"NonFiniteLossError: non-finite {name}={value} at step {step}; the toy keeps no "
+          "checkpoints and wrote no results. Lower the learning rate.")
+  path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(path):
+    os.remove(path)
+  writer = writers.MetricWriter(workdir, tensorboard=False)
+  for step, row in records:
+    writer.write(step, "train", row)
 
 
 def main(method_name, config, workdir):
@@ -96,6 +116,31 @@ def main(method_name, config, workdir):
     return loop.run(config, workdir, method_name)
   except KNOWN_ERRORS as error:
     _fail(f"{type(error).__name__}: {error}")
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a flag it cannot parse as one error line: a value of the
+  wrong type (``--config.train.num_steps=abc``) or a config file that raises
+  (``configs/mnist.py:bogus``, whose message ends a traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+    _fail(message)
+
+
+def _load_config_flag():
+  """Loads ``--config`` now (ml_collections loads the file lazily): a file that does not
+  exist is one error line."""
+  if "config" not in flags.FLAGS:
+    return
+  value = flags.FLAGS["config"].value  # a placeholder that raises on use if loading failed
+  try:
+    if value is not None:
+      value.keys()
+  except OSError as error:
+    _fail(f"could not load --config: {' '.join(str(error).split())}")
 
 
 def _fail(message):

@@ -76,8 +76,6 @@ def run(config, workdir=None, method_name=None):
     raise guards.ConfigError("train.early_stopping='error_rate' needs a semi-supervised run "
                              f"({method_name}.semi_supervised=True); stop on 'nll_nats' or "
                              "'elbo_nats'")
-  writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-
   trainer = _Trainer(config, method, data, mesh, workdir, labeled)
   return trainer.train_and_evaluate(method_name)
 
@@ -163,22 +161,39 @@ class _Trainer:
 
   def _restore_or_init(self):
     latest = self.checkpointer.latest_step()
-    if latest is None:
+    self.prior_train_seconds = 0.0
+    if latest is None:  # from step 0: rows of an earlier start that kept no checkpoint go
+      self.writer.truncate_after(0, drop_splits=("test",))
       first = parallel.shard_batch(_index_block(self._host_block(0, 1), 0), self.batch_sharding)
       return self.init_fn(self.init_key, first)
     logging.info("Resuming from the checkpoint at step %d in %s", latest, self.workdir)
-    self.writer.truncate_after(latest)
-    return self.checkpointer.restore(self.abstract_state, latest)
+    try:
+      state = self.checkpointer.restore(self.abstract_state, latest)
+    except (ValueError, KeyError, TypeError) as error:  # orbax: a tree or shape mismatch
+      raise guards.ConfigError(
+          f"the checkpoint at step {latest} in {self.checkpointer.directory} does not fit "
+          f"this config ({type(error).__name__}: {str(error).splitlines()[0][:300]}); resume "
+          "with the config it was written with (the workdir's config.json) or pass a new "
+          "--workdir") from None
+    # Only once the state is back: the rows past it (a resumed run writes them again) and
+    # the test split's, which only the final evaluation writes.
+    self.writer.truncate_after(latest, drop_splits=("test",))
+    # The training time of the kept steps, so ``wall_s`` counts every process of the run.
+    self.prior_train_seconds = self.writer.last_value("train", "train_seconds")
+    return state
 
   def train_and_evaluate(self, method_name):
     config = self.config
     num_steps = config.train.num_steps
     state = self._restore_or_init()
+    # Written once a resumed state has been restored into this config's shapes, so a
+    # config that does not fit leaves the workdir's config.json as it was.
+    writers.write_json(os.path.join(self.workdir, "config.json"), config.to_dict())
     start_step = int(jax.device_get(state.step))
     progress = writers.ProgressLine(start_step, num_steps)
     history = []  # (step, device metrics) since the last flush
     start_time = time.perf_counter()
-    train_time = 0.0
+    train_time = self.prior_train_seconds
     block, block_start = None, None
     for step in range(start_step + 1, num_steps + 1):
       offset = step - 1 - (block_start if block is not None else 0)
@@ -191,7 +206,7 @@ class _Trainer:
                   or step % config.train.eval_every == 0 or step == num_steps)
       if not boundary:
         continue
-      self._flush(history, progress, step)
+      self._flush(history, progress, step, train_time + time.perf_counter() - start_time)
       history = []
       if step % config.train.eval_every == 0 or step == num_steps:
         train_time += time.perf_counter() - start_time
@@ -207,18 +222,24 @@ class _Trainer:
     train_time += time.perf_counter() - start_time
     return self._final(state, method_name, train_time)
 
-  def _flush(self, history, progress, step):
-    """Fetches pending metrics, stops on a non-finite value, logs the means."""
+  def _flush(self, history, progress, step, train_seconds):
+    """Fetches pending metrics, stops on a non-finite value, logs the means (and
+    ``train_seconds``, the training time so far, evaluations excluded)."""
     fetched = [(s, jax.device_get(m)) for s, m in history]
     bad = guards.first_non_finite(fetched)
     if bad is not None:
       self.writer.close()
-      raise guards.NonFiniteLossError(*bad, last_checkpoint=self.checkpointer.latest_step())
+      # Step s's metrics are those of the state before update s, the checkpoint of step
+      # s - 1: that state gave the non-finite value, so it goes, with anything newer.
+      # A checkpoint at s - 2 or before gave a finite loss at its next step.
+      last_good = self.checkpointer.delete_from(bad[0] - 1)
+      raise guards.NonFiniteLossError(*bad, last_checkpoint=last_good)
     if step % self.config.train.log_every == 0 or step == self.config.train.num_steps:
       names = fetched[-1][1].keys()
       means = {k: float(np.mean([m[k] for _, m in fetched])) for k in names}
       rate = progress.log(step, means)
-      self.writer.write(step, "train", {**means, "steps_per_second": rate})
+      self.writer.write(step, "train", {**means, "steps_per_second": rate,
+                                        "train_seconds": train_seconds})
 
   def _evaluate(self, params, step, split, num_importance_samples):
     """Mean per-example metrics (and NLL when asked) over a whole split."""

@@ -33,14 +33,28 @@ class MetricWriter:
       for name, value in metrics.items():
         self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
 
-  def truncate_after(self, step):
-    """Drops lines past ``step`` (a resumed run rewrites them identically)."""
+  def truncate_after(self, step, drop_splits=()):
+    """Drops lines past ``step`` (a resumed run rewrites them identically) and every line
+    of the splits in ``drop_splits``."""
     if not os.path.exists(self.path):
       return
+    def keep(record):
+      return record["step"] <= step and record["split"] not in drop_splits
     with open(self.path) as f:
-      lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+      lines = [l for l in f if l.strip() and keep(json.loads(l))]
     with open(self.path, "w") as f:
       f.writelines(lines)
+
+  def last_value(self, split, name, default=0.0):
+    """The newest value of metric ``name`` in ``split``'s rows, or ``default``."""
+    value = default
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          record = json.loads(line) if line.strip() else {}
+          if record.get("split") == split and name in record:
+            value = record[name]
+    return value
 
   def close(self):
     if self._tb is not None:

@@ -8,6 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import scipy.stats
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
@@ -118,6 +119,11 @@ def test_smoke_launcher_writes_results_and_figure(tmp_path):
   assert (workdir / "samples" / "posterior.png").stat().st_size > 1000
   assert json.loads((workdir / "config.json").read_text())["data"]["options"]["setting"] == "paper"
   assert (workdir / "metrics.jsonl").read_text().count("\n") == 4  # 20 steps, every 5
+  # A re-run starts over: the same rows, not twice as many.
+  rows = (workdir / "metrics.jsonl").read_text()
+  again = subprocess.run(proc.args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert (workdir / "metrics.jsonl").read_text() == rows
 
 
 def test_stein_recognition_samples_find_both_modes_of_the_bimodal_posterior():
@@ -137,14 +143,21 @@ def test_stein_recognition_samples_find_both_modes_of_the_bimodal_posterior():
   assert np.min(weights) > 0.2, weights  # both modes at every test point
 
 
-def test_unknown_override_ends_with_one_error_line(tmp_path):
+@pytest.mark.parametrize("overrides,needles", [
+    (["--config.stein_vae.no_such_key=1"], ("no_such_key",)),
+    (["--config.train.num_steps=0"], ("train.num_steps=0", "at least 1")),
+    (["--config.stein_vae.learning_rate=1e38", "--config.vae.learning_rate=1e38"],
+     ("non-finite", "at step"))])
+def test_bad_run_ends_with_one_error_line(tmp_path, overrides, needles):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
   env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-m", "experiments.gmm", "--config=configs/gmm.py:smoke",
-                         f"--workdir={tmp_path}", "--config.stein_vae.no_such_key=1"], cwd=REPO,
+                         f"--workdir={tmp_path}"] + overrides, cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300)
   lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
-  assert proc.returncode == 1 and len(lines) == 1 and "no_such_key" in lines[0], proc.stderr[-3000:]
+  assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+  assert all(needle in lines[0] for needle in needles), lines[0]
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "results.json").exists()
+  assert not (tmp_path / "metrics.jsonl").exists()

@@ -144,6 +144,12 @@ def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path, experiment
   proc.communicate()
   assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
   assert not os.path.exists(os.path.join(resumed, "results.json"))
+  # Rows a killed run may leave past its newest checkpoint, and a test row of an earlier
+  # final evaluation: the resumed run must drop both (compared with the straight run below).
+  latest = max(int(s) for s in os.listdir(os.path.join(resumed, "checkpoints")) if s.isdigit())
+  with open(os.path.join(resumed, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps({"step": latest + 1, "split": "train", "loss": -1.0}) + "\n")
+    f.write(json.dumps({"step": latest, "split": "test", "loss": -1.0}) + "\n")
 
   code, _, err = launch(args + [f"--workdir={resumed}"], experiment=experiment)
   assert code == 0, err[-3000:]
@@ -153,6 +159,11 @@ def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path, experiment
     np.testing.assert_array_equal(x, y)
   assert read_metrics(straight) == read_metrics(resumed)
   ra, rb = (json.load(open(os.path.join(w, "results.json"))) for w in (straight, resumed))
+  # The training time goes on across the restart: wall_s counts both processes.
+  with open(os.path.join(resumed, "metrics.jsonl")) as f:
+    seconds = [row["train_seconds"] for row in map(json.loads, f) if row["split"] == "train"]
+  assert all(b > a for a, b in zip(seconds, seconds[1:])), seconds
+  assert rb["wall_s"] >= seconds[-1] > 0
   assert set(ra) == set(rb)
   for key in set(ra) - {"wall_s", "eval_wall_s"}:
     assert ra[key] == rb[key], key
@@ -171,6 +182,42 @@ def assert_one_line_error(code, err, *needles):
 def test_decoder_nll_of_a_workdir_without_a_run_is_one_error_line(tmp_path):
   code, _, err = launch([f"--workdir={tmp_path / 'missing'}"], experiment="decoder_nll")
   assert_one_line_error(code, err, "config.json")
+
+
+def test_rerun_of_a_finished_workdir_and_a_config_that_does_not_fit_it(tmp_path):
+  """The same command again on a finished workdir evaluates again: metrics.jsonl keeps one
+  test row, equal to the first. A config whose shapes do not fit the checkpoint stops with
+  one error line and leaves config.json and metrics.jsonl as they were."""
+  workdir = str(tmp_path / "run")
+  args = ["--config=configs/mnist.py:smoke", f"--workdir={workdir}"]
+  assert launch(args)[0] == 0
+  first = read_metrics(workdir)
+  assert [r["split"] for r in first].count("test") == 1
+  code, _, err = launch(args)
+  assert code == 0, err[-3000:]
+  assert read_metrics(workdir) == first
+  saved = {name: open(os.path.join(workdir, name)).read()
+           for name in ("config.json", "metrics.jsonl")}
+  code, _, err = launch(args + ["--config.vae.latent_dim=3"])
+  assert_one_line_error(code, err, "checkpoint at step 20", "does not fit this config")
+  for name, text in saved.items():
+    assert open(os.path.join(workdir, name)).read() == text, name
+
+
+@pytest.mark.parametrize("config_arg,needles", [
+    ("configs/nope.py", ("could not load --config", "configs/nope.py")),
+    ("configs/mnist.py:bogus", ("unknown config argument 'bogus'",)),
+    ("configs/mnist.py:cnn", ("'cnn' goes with 'semi'",))])
+def test_config_file_or_argument_that_fails_to_load(tmp_path, config_arg, needles):
+  code, _, err = launch([f"--config={config_arg}", f"--workdir={tmp_path}"])
+  assert_one_line_error(code, err, *needles)
+  assert not os.listdir(tmp_path)
+
+
+def test_override_of_the_wrong_type(tmp_path):
+  code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
+                         "--config.train.num_steps=abc"])
+  assert_one_line_error(code, err, "--config.train.num_steps=abc", "invalid literal")
 
 
 def test_unknown_config_key(tmp_path):
@@ -217,13 +264,22 @@ def test_batch_that_does_not_split_across_devices(tmp_path):
 
 
 def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
+  """A learning rate growing 31.6-fold a step diverges after some steps. Step s's loss is
+  that of the state before update s, the checkpoint of step s - 1, so that one is deleted
+  and the kept checkpoints end at s - 2, whose next step's loss was finite."""
   code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
                          "--config.train.ckpt_every=1", "--config.train.log_every=1",
-                         "--config.vae.learning_rate=1e38", "--config.vae.lr_schedule=constant"])
+                         "--config.vae.learning_rate=1e-2", "--config.vae.lr_schedule=geometric",
+                         "--config.vae.final_lr_fraction=1e30"])
   line = assert_one_line_error(code, err, "non-finite", "at step")
   bad_step = int(line.split("at step ")[1].split(";")[0])
+  assert 4 <= bad_step < 20, line  # diverged, with checkpoints before it
   kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
-  assert kept and max(kept) == bad_step - 1, (line, kept)
+  assert kept and max(kept) == bad_step - 2, (line, kept)
+  assert f"last good checkpoint (step {bad_step - 2}) is kept" in line
+  losses = {row["step"]: row["loss"] for row in read_metrics(str(tmp_path))
+            if row["split"] == "train"}
+  assert np.isfinite(losses[bad_step - 1]), losses  # the kept state's next loss
   assert not os.path.exists(tmp_path / "results.json")
 
 

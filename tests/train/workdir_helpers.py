@@ -5,11 +5,13 @@ import os
 
 
 def read_metrics(workdir):
-  """``metrics.jsonl`` rows without ``steps_per_second`` (the one timing-dependent value)."""
+  """``metrics.jsonl`` rows without ``steps_per_second`` and ``train_seconds`` (the
+  timing-dependent values)."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   for row in rows:
     row.pop("steps_per_second", None)
+    row.pop("train_seconds", None)
   return rows
 
 
