@@ -22,7 +22,8 @@ One train step, as in section 4.2:
 Semi-supervised (4.4, ``semi_supervised=True``): each step also takes B_l labeled
 pairs; their codes move with the scores of (4.54), which add ``zeta log p(y | z,
 theta~)`` with ``p(y | z) = softmax(theta~ z)``, theta~ follows the gradient of
-(4.51) and the test split reports ``error_rate`` of ``argmax_y
+(4.51) (times zeta, the label term's weight in (4.54): a constant factor, which Adam's
+step absorbs but for its eps) and the test split reports ``error_rate`` of ``argmax_y
 E_q[p(y | z)]`` (``models.semi_supervised``).
 
 Evaluation (4.5.2) reports the ELBO, with the entropy from the change of
@@ -549,7 +550,7 @@ def make_method(config, spec):
       if semi:
         log_p, scores = log_p + label_log_p, scores + label_scores
       _, log_q = log_q_codes(eta, x, jnp.broadcast_to(xi, z.shape))
-      log_w = jax.lax.stop_gradient(log_p - log_q)
+      log_w = jax.lax.stop_gradient(bounds.log_weights(log_p, log_q))
       weights = bounds.normalized_weights(log_w, axis=1)
       decoder_grads = decoder_gradients(thetas, x, z, weights)
     else:
@@ -629,10 +630,12 @@ def make_method(config, spec):
     """[num, B] log p(x, z) - log q(z | x) with fresh xi per example and sample."""
     xi = jax.random.normal(key, (x.shape[0], num, latent_dim))
     z, log_q = log_q_codes(params["encoder"], x, xi)
-    return jnp.swapaxes(log_joint(params["decoder"], x[:, None, :], z) - log_q, 0, 1)
+    return jnp.swapaxes(bounds.log_weights(log_joint(params["decoder"], x[:, None, :], z), log_q),
+                        0, 1)
 
   def eval_step(params, batch, key):
     x = eval_x(batch)
+    # The ELBO with the entropy by the change of variables (4.5.2): the weights' mean.
     metrics = {"elbo_nats": jnp.mean(log_weights(params, x, key, section.eval_elbo_samples),
                                      axis=0)}
     if semi:  # argmax_y of p(y | z) averaged over the codes of eval_elbo_samples xi

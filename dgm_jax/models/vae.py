@@ -105,7 +105,8 @@ def make_method(config, spec):
     mean, log_var = encode(params, x, dropout_key)
     z = sample_gaussian(key, mean, log_var, num_samples)
     log_qz = likelihoods.gaussian_log_prob(z, mean, log_var).sum(-1)
-    return log_joint(params, x, z, continuous) + label_log_lik(params, z, labeled) - log_qz
+    return bounds.log_weights(log_joint(params, x, z, continuous)
+                              + label_log_lik(params, z, labeled), log_qz)
 
   def objective(params, x, key, labeled=None, dropout_key=None):
     if section.objective == "iwae":
