@@ -95,12 +95,13 @@ def weighted_svgd_direction(particles, scores, log_weights, bandwidth=None,
   Returns:
     [M, D] direction.
   """
+  # Centred first: the Gram distances |x|^2 + |y|^2 - 2 x.y and the repulsive term
+  # sum_m w_m k_nm (x_n - x_m) in matrix form cancel for a tight set far from the origin
+  # (in float32 a 12% error in the direction for a spread of 0.05 at 30 per coordinate).
+  particles = particles - jnp.mean(particles, axis=0)
   if bandwidth is None:
     bandwidth = kernels.median_bandwidth(particles, convention)
   weights = jax.nn.softmax(jax.lax.stop_gradient(log_weights))
-  # The repulsive term sum_m w_m k_nm (x_n - x_m) in matrix form cancels like the Gram
-  # distances (``kernels.pairwise_sq_dists``) unless the set is centered first.
-  particles = particles - jnp.mean(particles, axis=0)
   gram = kernels.rbf_kernel(particles, particles, bandwidth)  # symmetric [M, M]
   weighted_gram = gram * weights[None, :]  # [n, m] -> k(x_m, x_n) w_m
   driving = weighted_gram @ scores

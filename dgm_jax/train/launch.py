@@ -144,9 +144,12 @@ def _load_config_flag():
 
 
 def _fail(message):
+  """Prints the one error line and ends the process at once (``os._exit``): a failed orbax
+  restore leaves coroutines whose tracebacks Python would print at a normal shutdown."""
   logging.flush()
   print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(1)
+  sys.stdout.flush()
+  os._exit(1)
 
 
 def _quiet_checkpoint_library(record):

@@ -290,6 +290,32 @@ def test_sharded_step_equals_single_device_step():
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
 
+def test_the_loop_on_four_devices_ends_like_on_one(tmp_path):
+  """The loop's own path (the device block of batches, its index, block sharding, the
+  donated state) on 4 fake CPU devices against 1: the same train rows and test figures, up
+  to the order of the batch's sums (a 4-device checkpoint does not restore on this
+  process's one device, so the parameters are compared through what they compute)."""
+  workdirs = {}
+  for devices in (1, 4):
+    workdirs[devices] = str(tmp_path / f"devices_{devices}")
+    env = launcher_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={workdirs[devices]}"],
+                          env=env)
+    assert code == 0, err[-3000:]
+  tree_leaves = __import__("jax").tree_util.tree_leaves
+  moved = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
+      tree_leaves(checkpoint_params(workdirs[1], 20)),
+      tree_leaves(checkpoint_params(workdirs[1], 10))))
+  assert moved > 1e-3, moved  # ten Adam steps apart
+  results = {d: json.load(open(os.path.join(w, "results.json"))) for d, w in workdirs.items()}
+  for key in ("nll_nats", "elbo_nats"):
+    assert results[1][key] == pytest.approx(results[4][key], rel=1e-4), key
+  rows = {d: [r for r in read_metrics(w) if r["split"] == "train"] for d, w in workdirs.items()}
+  assert [r["step"] for r in rows[1]] == [r["step"] for r in rows[4]] == [5, 10, 15, 20]
+  for a, b in zip(rows[1], rows[4]):
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
 def test_paired_comparison_needs_the_same_images():
   """``runs.check_same_images``, which ``experiments.decoder_nll`` runs before a paired call."""
   from dgm_jax.train import runs
