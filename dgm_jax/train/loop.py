@@ -163,7 +163,7 @@ class _Trainer:
     latest = self.checkpointer.latest_step()
     self.prior_train_seconds = 0.0
     if latest is None:  # from step 0: rows of an earlier start that kept no checkpoint go
-      self.writer.truncate_after(0, drop_splits=("test",))
+      self.writer.truncate_after(0)
       first = parallel.shard_batch(_index_block(self._host_block(0, 1), 0), self.batch_sharding)
       return self.init_fn(self.init_key, first)
     logging.info("Resuming from the checkpoint at step %d in %s", latest, self.workdir)
