@@ -1,9 +1,26 @@
-"""Shared test configuration: hypothesis profiles and float64 for math checks."""
+"""Shared test configuration: hypothesis profiles, float64 for math checks, and one
+persistent XLA compilation cache for the whole session.
+
+Many tests launch the same smoke configs in fresh processes (the workdir contract,
+resume after SIGKILL, early stopping, sweeps), and each would compile the same train and
+evaluation steps again. The cache (``<repo>/.jax_cache``, or ``JAX_COMPILATION_CACHE_DIR``
+when set; ``DGM_JAX_TEST_JIT_CACHE=0`` turns it off) is inherited by those processes
+through the environment; a size limit makes JAX lock the directory (``filelock``), so
+the two xdist workers and their children can share it. A cached executable is the one
+XLA would compile, so no result changes.
+"""
 
 import os
 
 import hypothesis
-import jax
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.environ.get("DGM_JAX_TEST_JIT_CACHE", "1") != "0":
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".jax_cache"))
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
+
+import jax  # noqa: E402  (after the cache's environment variables, which jax reads on import)
 
 jax.config.update("jax_enable_x64", True)
 
