@@ -18,6 +18,11 @@ REQUIRED_KEYS = (
 )
 _POSITIVE_INTS = ("data.batch_size", "train.num_steps", "train.log_every", "train.eval_every",
                   "train.ckpt_every", "eval.num_importance_samples", "eval.batch_size")
+# Counts a config may leave out (the loop has defaults), checked when present.
+_OPTIONAL_POSITIVE_INTS = ("train.prefetch_steps", "eval.max_chunk", "eval.classifier_steps")
+_OPTIONAL_NON_NEGATIVE_INTS = (  # 0: skip it, or for max_*: no limit
+    "eval.valid_importance_samples", "eval.max_valid_examples", "eval.max_test_examples",
+    "eval.num_score_samples")
 # Validation metrics early stopping can follow, and whether lower is better.
 EARLY_STOPPING_METRICS = {"nll_nats": True, "error_rate": True, "elbo_nats": False}
 # Network keys of a method section (checked where the section has them: asvae, ali, vae, stein_vae).
@@ -37,10 +42,14 @@ def validate(config, method_name):
                     f"(sections: {', '.join(k for k in config.keys())})")
   elif hasattr(config[method_name], "get"):
     problems.extend(_network_problems(config[method_name], method_name))
-  for key in _POSITIVE_INTS:
+  for key in _POSITIVE_INTS + _OPTIONAL_POSITIVE_INTS:
     value = _lookup(config, key)
-    if value is not _MISSING and (not isinstance(value, int) or value < 1):
+    if value is not _MISSING and not _is_positive_int(value):
       problems.append(f"{key}={value!r} must be a positive integer")
+  for key in _OPTIONAL_NON_NEGATIVE_INTS:
+    value = _lookup(config, key)
+    if value is not _MISSING and not (_is_int(value) and value >= 0):
+      problems.append(f"{key}={value!r} must be an integer >= 0")
   name = _lookup(config, "data.name")
   if name is not _MISSING and name not in registry.available():
     problems.append(f"data.name={name!r} is not a known data set; available: "
@@ -91,8 +100,12 @@ def _network_problems(section, method_name):
   return problems
 
 
+def _is_int(value):
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_positive_int(value):
-  return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+  return _is_int(value) and value >= 1
 
 
 _MISSING = object()
@@ -101,7 +114,7 @@ _MISSING = object()
 def _lookup(config, dotted):
   node = config
   for part in dotted.split("."):
-    if part not in node:
+    if not hasattr(node, "keys") or part not in node:
       return _MISSING
     node = node[part]
   return node
