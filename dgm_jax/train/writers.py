@@ -15,27 +15,36 @@ __all__ = ["MetricWriter", "ProgressLine", "write_json", "write_npz"]
 
 
 class MetricWriter:
-  """Appends ``{"step", "split", name: value}`` lines and TensorBoard scalars."""
+  """Appends ``{"step", "split", name: value}`` lines and TensorBoard scalars.
+
+  The TensorBoard event file opens at the first write, so that a resumed run's file
+  (after ``truncate_after``) can tell TensorBoard to hide the older files' events past
+  the resumed step, which the run writes again.
+  """
 
   def __init__(self, workdir, tensorboard=True):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = None
-    if tensorboard:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb_dir = os.path.join(workdir, "tensorboard") if tensorboard else None
+    self._tb, self._purge_step = None, None
 
   def write(self, step, split, metrics):
     record = {"step": int(step), "split": split}
     record.update({k: float(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
-    if self._tb is not None:
+    if self._tb_dir is not None:
+      if self._tb is None:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(self._tb_dir, purge_step=self._purge_step)
       for name, value in metrics.items():
         self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
 
   def truncate_after(self, step, drop_splits=()):
     """Drops lines past ``step`` (a resumed run rewrites them identically) and every line
-    of the splits in ``drop_splits``."""
+    of the splits in ``drop_splits``; TensorBoard hides the events past ``step`` too (a
+    purge marker at ``step + 1`` in the next event file: tensorboardX's ``purge_step``)."""
+    if self._tb is None:
+      self._purge_step = int(step) + 1
     if not os.path.exists(self.path):
       return
     def keep(record):

@@ -1,5 +1,7 @@
 """``dgm_jax.train.writers``: the workdir's files are written whole, at the names asked for."""
+import json
 import os
+import time
 
 import numpy as np
 
@@ -14,3 +16,53 @@ def test_write_npz_writes_exactly_the_path_and_replaces_a_previous_file(tmp_path
   saved = np.load(path)
   np.testing.assert_array_equal(saved["own"], [95.5, 93.25])
   np.testing.assert_array_equal(saved["laplace"], [0.0, 0.0])
+
+
+def _read_events(path):
+  """The Event protos of one TFRecord file (length, crc, data, crc; crcs unchecked)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  events = []
+  with open(path, "rb") as f:
+    while header := f.read(12):
+      length = int.from_bytes(header[:8], "little")
+      event = event_pb2.Event()
+      event.ParseFromString(f.read(length))
+      f.read(4)
+      events.append(event)
+  return events
+
+
+def _scalars_as_tensorboard_shows_them(tb_dir):
+  """TensorBoard's reading of a run's event files: in name order (their start time), a
+  SessionLog START at step s hides every event read so far at step >= s."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  shown = []  # (tag, step, value)
+  for name in sorted(os.listdir(tb_dir)):
+    for event in _read_events(os.path.join(tb_dir, name)):
+      if event.session_log.status == event_pb2.SessionLog.START:
+        shown = [row for row in shown if row[1] < event.step]
+      for value in event.summary.value:
+        shown.append((value.tag, event.step, value.simple_value))
+  return sorted(shown)
+
+
+def test_a_resumed_writer_hides_the_tensorboard_events_it_writes_again(tmp_path):
+  """A run killed after step 4 whose checkpoint is at step 2 resumes at step 3: the rows
+  of steps 3 and 4 in metrics.jsonl and TensorBoard are the resumed run's alone."""
+  first = writers.MetricWriter(str(tmp_path))
+  first.truncate_after(0)  # a run from step 0
+  for step in range(1, 5):
+    first.write(step, "train", {"loss": float(step)})
+  first.close()
+  time.sleep(1.1)  # event files are named by their start second
+  resumed = writers.MetricWriter(str(tmp_path))
+  resumed.truncate_after(2, drop_splits=("test",))
+  for step in range(3, 6):
+    resumed.write(step, "train", {"loss": 10.0 * step})
+  resumed.close()
+  expected = [("train/loss", 1, 1.0), ("train/loss", 2, 2.0), ("train/loss", 3, 30.0),
+              ("train/loss", 4, 40.0), ("train/loss", 5, 50.0)]
+  assert len(os.listdir(tmp_path / "tensorboard")) == 2
+  assert _scalars_as_tensorboard_shows_them(str(tmp_path / "tensorboard")) == expected
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [("train/loss", r["step"], r["loss"]) for r in rows] == expected
