@@ -31,7 +31,8 @@ import time
 import submitit
 from absl import app, flags
 
-__all__ = ["FlagError", "Point", "parse_value", "parse_grid", "make_points", "launcher_command",
+__all__ = ["FlagError", "Point", "parse_value", "parse_grid", "make_points", "check_overrides",
+           "launcher_command",
            "run_command", "LauncherJob", "format_table", "main"]
 
 EXECUTORS = ("local", "slurm", "debug")
@@ -136,6 +137,42 @@ def make_points(axes):
   return points
 
 
+def check_overrides(config_spec, points):
+  """Checks that every point's overrides name keys of the config, with values of their type.
+
+  A misspelt ``--grid`` key would otherwise fail in every point's own process (on a
+  cluster, after a job array was submitted); now the sweep stops before anything runs.
+  The launcher's own checks (values in range, data, shapes) still run in each point.
+
+  Raises:
+    FlagError: the config file does not load, a key is not in it, or a value does
+      not have the key's type.
+  """
+  path, _, arg = config_spec.partition(":")
+  try:
+    spec = importlib.util.spec_from_file_location("_sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+  except Exception as error:  # pylint: disable=broad-except  (whatever the file raises)
+    raise FlagError(f"--config={config_spec!r} does not load: {type(error).__name__}: "
+                    f"{' '.join(str(error).split())}") from None
+  for point in points:
+    for key, value in point.overrides.items():
+      *parents, leaf = key.split(".")
+      node = config
+      for part in parents:
+        node = node[part] if hasattr(node, "keys") and part in node else None
+      if not hasattr(node, "keys") or leaf not in node:
+        raise FlagError(f"--grid key {key!r} is not a key of {config_spec} (see the config file)")
+      if isinstance(node[leaf], str):  # the launcher reads a string field's value as text
+        value = _format_value(value)
+      try:
+        node[leaf] = value  # ml_collections' type check, as the launcher's override does
+      except (TypeError, ValueError) as error:
+        raise FlagError(f"--grid value {key}={_format_value(value)}: {error}") from None
+
+
 def launcher_command(experiment, config, workdir, overrides, distributed=False):
   """The launcher's command line for one point, as an argument list."""
   command = [sys.executable, "-m", f"experiments.{experiment}", f"--config={config}",
@@ -196,6 +233,7 @@ def main(argv):
       raise FlagError(f"unexpected arguments {argv[1:]}")
     kind = _check_flags()
     points = make_points(parse_grid(_GRID.value))
+    check_overrides(_CONFIG.value, points)
   except FlagError as error:
     _fail(str(error))
   workdir = os.path.abspath(_WORKDIR.value or os.path.join(

@@ -220,16 +220,17 @@ def test_slurm_path_through_submitits_debug_executor(tmp_path):
 
 
 def test_failed_point_is_reported_and_fails_the_sweep(tmp_path):
-  workdir = str(tmp_path / "failing")
-  code, out, err = run_sweep(SMOKE, "--grid=vae.no_such_key=1", f"--workdir={workdir}")
+  """A value of the right type that the launcher rejects fails in the point's process."""
+  workdir, point = str(tmp_path / "failing"), "data.batch_size=0"
+  code, out, err = run_sweep(SMOKE, f"--grid={point}", f"--workdir={workdir}")
   assert code == 1, out + err[-3000:]
-  _, rows = table_rows(out, {"vae.no_such_key=1"})
-  assert rows["vae.no_such_key=1"][1:4] == ["failed", "(exit", "1)"]
-  failure = next(line for line in out.splitlines() if line.startswith("vae.no_such_key=1: failed"))
-  assert "error: could not apply the config overrides" in failure
+  _, rows = table_rows(out, {point})
+  assert rows[point][1:4] == ["failed", "(exit", "1)"]
+  failure = next(line for line in out.splitlines() if line.startswith(f"{point}: failed"))
+  assert "error: ConfigError: invalid config: data.batch_size=0" in failure
   (record,) = json.load(open(os.path.join(workdir, "sweep_results.json")))
   assert record["returncode"] == 1 and record["results"] is None
-  assert record["error"].startswith("error: could not apply")
+  assert record["error"].startswith("error: ConfigError")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -242,6 +243,9 @@ def test_failed_point_is_reported_and_fails_the_sweep(tmp_path):
     (["--grid=seed=0", "--max_parallel=0"], "at least 1"),
     (["positional"], "unexpected arguments"),
     (["--grid=seed=0", "--config=configs/nope.py"], "no such config file"),
+    (["--grid=seed=0", "--config=configs/mnist.py:bogus"], "does not load: ValueError: unknown"),
+    (["--grid=seed=0,1", "--grid=vae.no_such_key=1"], "'vae.no_such_key' is not a key of"),
+    (["--grid=seed=0,abc"], "seed=abc"),
 ])
 def test_bad_flags_stop_before_anything_runs(tmp_path, args, needle):
   workdir = str(tmp_path / "bad")
