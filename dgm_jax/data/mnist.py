@@ -136,6 +136,9 @@ def _idx_splits(files):
     if images.shape != (count, 28, 28) or labels.shape != (count,):
       raise DataError(f"{files[f'{split}_images']}: expected {count} images of 28x28 with as many "
                       f"labels, found images {images.shape} and labels {labels.shape}")
+    if labels.size and labels.max() > 9:  # uint8: never negative
+      raise DataError(f"{files[f'{split}_labels']} holds label {int(labels.max())}; the classes "
+                      "are 0-9: the file is damaged, re-download it")
   train_images = _to_unit(arrays["train_images"][..., None])
   train_labels = arrays["train_labels"].astype(np.int32)
   return ({"train": train_images[:_NUM_TRAIN], "valid": train_images[_NUM_TRAIN:],

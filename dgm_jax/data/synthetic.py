@@ -275,9 +275,29 @@ def _resolve(name, settings, setting, **overrides):
     raise DataError(f"unknown {name} setting {setting!r}; settings: {', '.join(settings)}")
   params = dict(settings[setting])
   params.update({k: v for k, v in overrides.items() if v is not None})
+  for key, default in settings[setting].items():  # an option has its default's kind
+    params[key] = _of_kind(name, key, params[key], default)
   for split in SPLITS:
-    count = params[f"num_{split}"]
-    if int(count) != count or count < 1:
-      raise DataError(f"{name} option num_{split} must be a positive integer, got {count}")
-    params[f"num_{split}"] = int(count)
+    if params[f"num_{split}"] < 1:
+      raise DataError(f"{name} option num_{split} must be a positive integer, "
+                      f"got {params[f'num_{split}']}")
   return params
+
+
+def _of_kind(name, key, value, default):
+  """``value`` as an integer, a real number or a real array, the kind of ``default``;
+  anything else is a DataError naming the option."""
+  try:
+    if isinstance(default, int):
+      if isinstance(value, bool) or not float(value).is_integer():
+        raise ValueError("not an integer")
+      return int(value)
+    if isinstance(default, float):
+      if isinstance(value, bool):
+        raise ValueError("not a number")
+      return float(value)
+    return tuple(np.asarray(value, np.float64).tolist())  # nested tuples, rectangular
+  except (TypeError, ValueError) as error:
+    kind = ("an integer" if isinstance(default, int) else "a number"
+            if isinstance(default, float) else "a rectangular array of numbers")
+    raise DataError(f"{name} option {key}={value!r} must be {kind} ({error})") from None

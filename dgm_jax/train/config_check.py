@@ -46,6 +46,10 @@ def validate(config, method_name):
     value = _lookup(config, key)
     if value is not _MISSING and not _is_positive_int(value):
       problems.append(f"{key}={value!r} must be a positive integer")
+  seed = _lookup(config, "seed")
+  if seed is not _MISSING and not (_is_int(seed) and seed >= 0):
+    problems.append(f"seed={seed!r} must be an integer >= 0 (numpy's generators take no "
+                    "negative seed)")
   for key in _OPTIONAL_NON_NEGATIVE_INTS:
     value = _lookup(config, key)
     if value is not _MISSING and not (_is_int(value) and value >= 0):

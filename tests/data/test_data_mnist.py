@@ -123,6 +123,18 @@ class TestIdxFolders:
     with pytest.raises(data.DataError, match="expected 60000 images"):
       data.load("mnist", tmp_path)
 
+  def test_a_label_out_of_range_is_reported(self, tmp_path, monkeypatch, no_other_sources):
+    monkeypatch.setattr(mnist, "_NUM_TRAIN", 6)
+    monkeypatch.setattr(mnist, "_NUM_VALID", 2)
+    monkeypatch.setattr(mnist, "_NUM_TEST", 3)
+    _write_idx_set(tmp_path, num_train=8, num_test=3, gz=False)
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    content = bytearray(path.read_bytes())
+    content[-1] = 138  # a damaged byte where the last label (2) was
+    path.write_bytes(bytes(content))
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte holds label 138"):
+      data.load("mnist", tmp_path)
+
   def test_fashion_mnist_missing_says_how_to_install(self, tmp_path, monkeypatch, no_other_sources):
     monkeypatch.setattr(mnist, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "absent"))
     with pytest.raises(data.DataError, match="apt-get install dataset-fashion-mnist"):

@@ -110,6 +110,11 @@ class TestLoadGmm:
       (dict(setting="trimodal"), "unknown gmm setting"),
       (dict(num_test=0), "num_test"),
       (dict(theta=[[1.0, 2.0, 3.0]]), "theta"),
+      (dict(theta=[[1.0, 2.0], [3.0]]), "theta=.* must be a rectangular array of numbers"),
+      (dict(num_train="abc"), "num_train='abc' must be an integer"),
+      (dict(num_train=2.5), "num_train=2.5 must be an integer"),
+      (dict(num_train=True), "num_train=True must be an integer"),
+      (dict(sigma="x"), "sigma='x' must be a number"),
   ])
   def test_bad_options(self, options, match):
     with pytest.raises(data.DataError, match=match):
@@ -161,6 +166,8 @@ class TestLoadSyntheticColor32:
       (dict(template_cells=5), "template_cells dividing 32"),
       (dict(num_test=0), "num_test must be a positive integer"),
       (dict(setting="large"), "unknown synthetic_color32 setting"),
+      (dict(num_classes=2.5), "num_classes=2.5 must be an integer"),
+      (dict(noise_std=[0.1]), r"noise_std=\[0.1\] must be a number"),
   ])
   def test_bad_options(self, options, match):
     with pytest.raises(data.DataError, match=match):

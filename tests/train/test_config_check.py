@@ -25,12 +25,13 @@ def test_shipped_configs_pass(arg, method):
     ("eval.num_score_samples", True, "must be an integer >= 0"),
     ("train.num_steps", True, "must be a positive integer"),
     ("data.batch_size", 0, "must be a positive integer"),
+    ("seed", -1, "must be an integer >= 0 (numpy's generators take no negative seed)"),
 ])
 def test_a_bad_count_is_one_problem_naming_its_key(key, value, needle):
   config = mnist.get_config("smoke")
-  section, name = key.split(".")
+  *section, name = key.split(".")
   with config.unlocked():
-    config[section][name] = value
+    (config[section[0]] if section else config)[name] = value
   with pytest.raises(ConfigError) as raised:
     config_check.validate(config, "vae")
   message = str(raised.value)
