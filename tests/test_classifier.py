@@ -112,6 +112,12 @@ def not_a_classifier(dataset_name):
   return 42
 
 
+def float32_classifier(dataset_name):
+  """A plug-in whose float32 rows sum to 1 within 1e-3 only."""
+  del dataset_name
+  return lambda images: np.tile(np.float32([0.7004, 0.2, 0.1]), (len(images), 1))
+
+
 def bad_probabilities(dataset_name):
   del dataset_name
   return lambda images: np.ones((len(images), 3))
@@ -146,6 +152,15 @@ def test_bad_spec_is_a_value_error_naming_the_problem(digits, spec, needle):
     classifier.resolve_classifier(spec, digits, num_steps=1)
   assert needle in str(info.value)
   assert isinstance(info.value, classifier.ClassifierSpecError)
+
+
+def test_plugin_rows_within_the_tolerance_are_renormalized(digits):
+  probs_fn, _ = classifier.resolve_classifier(f"{__name__}:float32_classifier", digits,
+                                              num_steps=1)
+  probs = probs_fn(digits.splits["test"][:4])
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-15)
+  np.testing.assert_allclose(probs[0], np.float32([0.7004, 0.2, 0.1]) / np.float32(1.0004),
+                             rtol=1e-6)
 
 
 def test_plugin_output_that_is_not_probabilities_is_reported(digits):

@@ -378,6 +378,6 @@ def resolve_classifier(spec, data, *, num_steps, batch_size=DEFAULT_BATCH_SIZE, 
             and np.allclose(probs.sum(-1), 1.0, atol=1e-3)):
       raise ClassifierSpecError(f"eval.classifier={spec!r} returned rows that are not "
                                 "probabilities (finite, non-negative, summing to 1)")
-    return probs
+    return probs / probs.sum(-1, keepdims=True)  # float32 rows are off by up to 1e-3
 
   return checked, spec

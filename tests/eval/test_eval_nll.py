@@ -149,3 +149,26 @@ def test_paired_difference_matches_scipys_paired_t_test():
 def test_paired_difference_rejects_unpaired_shapes(a, b):
   with pytest.raises(ValueError, match="same length"):
     nll.paired_difference(a, b)
+
+
+@pytest.mark.parametrize("num_samples,chunk", [(60, 20), (60, 60), (7, 1)])
+def test_importance_log_likelihood_is_the_log_mean_exp_of_every_chunks_own_draws(
+    num_samples, chunk):
+  """Against numpy on the draws written out: chunk i draws with the i-th split key, so
+  a key reused across chunks (repeated draws) cannot pass."""
+  key = jax.random.PRNGKey(3)
+  def log_weight_fn(k, n):
+    return 4.0 * jax.random.normal(k, (n, 3))  # [n, B = 3]
+  got = nll.importance_log_likelihood(log_weight_fn, key, num_samples, chunk)
+  draws = np.concatenate([np.asarray(log_weight_fn(k, chunk), np.float64)
+                          for k in jax.random.split(key, num_samples // chunk)])
+  assert draws.shape == (num_samples, 3) and len(np.unique(draws[:, 0])) == num_samples
+  expected = np.log(np.mean(np.exp(draws), axis=0))
+  np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("num_samples,max_chunk,size", [(5000, 500, 500), (5000, 64, 50),
+                                                        (1000, 2000, 1000), (101, 20, 1),
+                                                        (12, 5, 4)])
+def test_chunk_size_is_the_largest_divisor_at_most_max_chunk(num_samples, max_chunk, size):
+  assert nll.chunk_size_for(num_samples, max_chunk) == size
