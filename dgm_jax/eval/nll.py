@@ -19,6 +19,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.scipy.special import logsumexp
 
 __all__ = ["importance_log_likelihood", "bits_per_dim", "chunk_size_for", "laplace_proposal",
@@ -52,11 +53,19 @@ def importance_log_likelihood(log_weight_fn, key, num_samples, chunk_size):
 
 
 def chunk_size_for(num_samples, max_chunk):
-  """The largest divisor of ``num_samples`` that is at most ``max_chunk``."""
-  for size in range(min(num_samples, max_chunk), 0, -1):
-    if num_samples % size == 0:
-      return size
-  return 1
+  """The largest divisor of ``num_samples`` that is at most ``max_chunk``.
+
+  A K with no divisor near ``max_chunk`` (a prime: 101 in chunks of 1) draws in many
+  small sequential chunks; that is logged as a warning naming a faster K.
+  """
+  ceiling = min(num_samples, max_chunk)
+  size = next(s for s in range(ceiling, 0, -1) if num_samples % s == 0)
+  if 4 * size < ceiling:
+    faster = num_samples - num_samples % ceiling
+    logging.warning("K=%d importance samples draw in %d chunks of %d (eval.max_chunk=%d): K has "
+                    "no divisor near max_chunk; K=%d would take %d chunks", num_samples,
+                    num_samples // size, size, max_chunk, faster, faster // ceiling)
+  return size
 
 
 def bits_per_dim(nll_nats, num_dims):

@@ -170,5 +170,13 @@ def test_importance_log_likelihood_is_the_log_mean_exp_of_every_chunks_own_draws
 @pytest.mark.parametrize("num_samples,max_chunk,size", [(5000, 500, 500), (5000, 64, 50),
                                                         (1000, 2000, 1000), (101, 20, 1),
                                                         (12, 5, 4)])
-def test_chunk_size_is_the_largest_divisor_at_most_max_chunk(num_samples, max_chunk, size):
-  assert nll.chunk_size_for(num_samples, max_chunk) == size
+def test_chunk_size_is_the_largest_divisor_at_most_max_chunk(num_samples, max_chunk, size,
+                                                            caplog):
+  with caplog.at_level("WARNING"):
+    assert nll.chunk_size_for(num_samples, max_chunk) == size
+  warned = [r.getMessage() for r in caplog.records if "no divisor near max_chunk" in r.getMessage()]
+  if num_samples == 101:  # 101 chunks of 1; K = 100 would take 5
+    assert warned == ["K=101 importance samples draw in 101 chunks of 1 (eval.max_chunk=20): K "
+                      "has no divisor near max_chunk; K=100 would take 5 chunks"]
+  else:
+    assert not warned
