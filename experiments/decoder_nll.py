@@ -29,8 +29,9 @@ the other splits) into each workdir and prints one JSON line per run. The per-im
 behind the means are saved beside it, ``decoder_nll_per_image.npz`` (arrays ``own`` and
 ``laplace``, in the split's order), so a run trained later can be paired with these
 (``eval.nll.paired_difference``) without scoring them again: the same ``--seed``,
-``--num_samples``, split and ``eval.batch_size`` give every run the same images and
-importance-sampling keys.
+``--num_samples`` and split give every run the same images, and the same importance-
+sampling keys where the runs' ``eval.batch_size`` agree too (keys are folded per batch;
+with different batch sizes the pairing holds, its draws are only independent).
 
 Paired comparison. With several workdirs every run sees the same images and the same
 importance-sampling keys, so each run after the first also gets ``paired_with_first``:
@@ -39,21 +40,21 @@ negative where it is better; ``nll_laplace_difference_nats`` for the Laplace NLL
 its standard error (``eval.nll.paired_difference``). Per-image differences cancel the
 images' shared difficulty, so their standard error is far below that of a difference of
 two means, ``sqrt(se_a^2 + se_b^2)`` from each run's ``nll_standard_error_nats``. The runs
-must be scored on the same images (the split's first images and ``eval.binarization_seed``,
-``train.runs.check_same_images``); otherwise the call stops with one error line before any
-evaluation.
+must be scored on the same observations (the split's first images, seen by the same
+likelihood: binarized by the same ``eval.binarization_seed`` for Bernoulli decoders, 8-bit
+for discretized ones; ``train.runs.check_same_images``); otherwise the call stops with one
+error line before any evaluation.
 
   python -m experiments.decoder_nll --workdir=runs/vae --workdir=runs/stein_vae
 """
 
 import json
 import os
-import sys
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from dgm_jax.data import pipeline
 from dgm_jax.eval import nll
@@ -61,16 +62,19 @@ from dgm_jax.train import launch, runs, writers
 from dgm_jax.train.guards import ConfigError
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", None, "Workdir of a run (repeat).")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 1000, "First images of the split to evaluate.")
+_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 1000, "First images of the split to evaluate.",
+                                     lower_bound=1)
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "valid", "test"],
                            "Split to evaluate ('train' against 'test' shows overfitting).")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Importance samples K per image.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Importance samples K per image.",
+                                    lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "Key of the importance samples.")
 _SHAPE_EXAMPLES = flags.DEFINE_integer(
     "shape_examples", 30, "First images of the split whose q is compared with the Laplace "
-    "approximation (0: skip).")
+    "approximation (0: skip).", lower_bound=0)
 _SHAPE_SAMPLES = flags.DEFINE_integer("shape_samples", 1000,
-                                      "Draws of q per image for its mean and covariance.")
+                                      "Draws of q per image for its mean and covariance.",
+                                      lower_bound=1)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -86,14 +90,14 @@ def main(argv):
     runs.check_same_images([runs.images_evaluated(c, d, _SPLIT.value, _NUM_EXAMPLES.value)
                             for c, d in zip(configs, datasets)], workdirs)
   except launch.KNOWN_ERRORS as error:
-    sys.exit(f"error: {type(error).__name__}: {error}")
+    launch.fail(f"{type(error).__name__}: {error}")
   for workdir, data in zip(workdirs, datasets):
     try:
       result, per_image = evaluate(workdir, _NUM_EXAMPLES.value, _NUM_SAMPLES.value, _SEED.value,
                                    _SPLIT.value, _SHAPE_EXAMPLES.value, _SHAPE_SAMPLES.value,
                                    data=data)
     except launch.KNOWN_ERRORS as error:
-      sys.exit(f"error: {type(error).__name__}: {error}")
+      launch.fail(f"{type(error).__name__}: {error}")
     if reference is None:
       reference = (workdir, per_image)
     else:
@@ -179,4 +183,4 @@ def shape_medians(run, data, split, num_examples, num_samples, key):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launch.run_main(main)

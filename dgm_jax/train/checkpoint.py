@@ -49,9 +49,41 @@ class Checkpointer:
     return self.latest_step()
 
   def restore(self, abstract_state, step=None):
-    """Restores into the shapes and shardings of ``abstract_state``."""
+    """Restores into the shapes and shardings of ``abstract_state``.
+
+    Raises:
+      ValueError: the checkpoint's arrays (names, shapes, dtypes) are not those of
+        ``abstract_state``; found from the checkpoint's metadata before any array is
+        read (a failed orbax restore leaves threads that print a traceback).
+    """
     step = self.latest_step() if step is None else step
+    self._check_fits(abstract_state, step)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def _check_fits(self, abstract_state, step):
+    reader = ocp.CheckpointManager(self.directory, item_handlers=ocp.StandardCheckpointHandler())
+    try:
+      saved = _array_specs(reader.item_metadata(step))
+    finally:
+      reader.close()
+    wanted = _array_specs(abstract_state)
+    if saved == wanted:
+      return
+    for name in sorted(set(saved) | set(wanted)):
+      if saved.get(name) != wanted.get(name):
+        have, need = saved.get(name, "no such array"), wanted.get(name, "no such array")
+        raise ValueError(f"{name}: the checkpoint has {have}, the config needs {need}")
 
   def close(self):
     self._manager.close()
+
+
+def _array_specs(tree):
+  """``{'params/decoder/w': ((50, 200), 'float32'), ...}`` of a state or its metadata."""
+  def name(key):
+    for attribute in ("key", "name", "idx"):  # DictKey, GetAttrKey, SequenceKey
+      if hasattr(key, attribute):
+        return str(getattr(key, attribute))
+    return str(key)
+  return {"/".join(name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}

@@ -16,7 +16,8 @@ from dgm_jax.train import loop, writers
 from dgm_jax.train.guards import ConfigError, NonFiniteLossError, first_non_finite
 from dgm_jax.train.parallel import BatchSplitError
 
-__all__ = ["run_app", "run_main", "main", "start_toy", "write_toy_history", "KNOWN_ERRORS"]
+__all__ = ["run_app", "run_main", "main", "start_toy", "write_toy_history", "fail",
+           "KNOWN_ERRORS"]
 
 KNOWN_ERRORS = (ConfigError, DataError, BatchSplitError, NonFiniteLossError)
 
@@ -30,7 +31,7 @@ def run_app(method_name, config_flag, workdir_flag):
   """
   def _main(argv):
     if len(argv) > 1:
-      _fail(f"unexpected arguments {argv[1:]}; options are --config, --workdir, --config.<key>=<value>")
+      fail(f"unexpected arguments {argv[1:]}; options are --config, --workdir, --config.<key>=<value>")
     main(method_name, config_flag.value, workdir_flag.value)
 
   run_main(_main)
@@ -55,7 +56,7 @@ def run_main(main_fn):
     if started:
       raise
     overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
-    _fail(f"could not apply the config overrides {overrides}: {type(error).__name__}: {error}. "
+    fail(f"could not apply the config overrides {overrides}: {type(error).__name__}: {error}. "
           "An override must name an existing key of the config file (see configs/) "
           "with a value of the key's type.")
 
@@ -75,16 +76,16 @@ def start_toy(config, argv, workdir, dataset, usage):
     set ends the process with one ``error:`` line.
   """
   if len(argv) > 1 or config is None or config.data.name != dataset:
-    _fail(f"pass {usage} (data.name {dataset!r}) and no other arguments; got {argv[1:]}")
+    fail(f"pass {usage} (data.name {dataset!r}) and no other arguments; got {argv[1:]}")
   for key in ("num_steps", "log_every"):
     if not config.train[key] >= 1:
-      _fail(f"ConfigError: train.{key}={config.train[key]} must be at least 1")
+      fail(f"ConfigError: train.{key}={config.train[key]} must be at least 1")
   workdir = workdir or loop.default_workdir(f"{dataset}_toy", dataset)
   os.makedirs(workdir, exist_ok=True)
   try:
     data = registry.load(dataset, seed=config.seed, **dict(config.data.options))
   except DataError as error:
-    _fail(f"DataError: {error}")
+    fail(f"DataError: {error}")
   writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   return workdir, data
 
@@ -95,7 +96,7 @@ def write_toy_history(workdir, records):
   bad = first_non_finite(records)
   if bad is not None:
     step, name, value = bad
-    _fail(f"NonFiniteLossError: non-finite {name}={value} at step {step}; the toy keeps no "
+    fail(f"NonFiniteLossError: non-finite {name}={value} at step {step}; the toy keeps no "
           "checkpoints and wrote no results. Lower the learning rate.")
   path = os.path.join(workdir, "metrics.jsonl")
   if os.path.exists(path):
@@ -109,13 +110,13 @@ def main(method_name, config, workdir):
   """Runs one experiment; prints one error line and exits 1 on a known failure."""
   logging.get_absl_handler().addFilter(_quiet_checkpoint_library)
   if config is None:
-    _fail("no config given: pass --config=configs/<dataset>.py (e.g. configs/mnist.py)")
+    fail("no config given: pass --config=configs/<dataset>.py (e.g. configs/mnist.py)")
   with config.unlocked():
     config.method = method_name
   try:
     return loop.run(config, workdir, method_name)
   except KNOWN_ERRORS as error:
-    _fail(f"{type(error).__name__}: {error}")
+    fail(f"{type(error).__name__}: {error}")
 
 
 def _parse_flags(argv):
@@ -127,7 +128,7 @@ def _parse_flags(argv):
   except flags.Error as error:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     message = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
-    _fail(message)
+    fail(message)
 
 
 def _load_config_flag():
@@ -140,12 +141,13 @@ def _load_config_flag():
     if value is not None:
       value.keys()
   except OSError as error:
-    _fail(f"could not load --config: {' '.join(str(error).split())}")
+    fail(f"could not load --config: {' '.join(str(error).split())}")
 
 
-def _fail(message):
-  """Prints the one error line and ends the process at once (``os._exit``): a failed orbax
-  restore leaves coroutines whose tracebacks Python would print at a normal shutdown."""
+def fail(message):
+  """Prints ``error: <message>`` and ends the process at once with status 1 (``os._exit``):
+  a failed orbax restore leaves coroutines whose tracebacks Python would print at a
+  normal shutdown. Every launcher's known failures end here."""
   logging.flush()
   print(f"error: {message}", file=sys.stderr, flush=True)
   sys.stdout.flush()

@@ -53,8 +53,17 @@ def read_config(workdir):
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise ConfigError(f"{workdir} holds no config.json: not the workdir of a run")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(_read_json(path))
+
+
+def _read_json(path):
+  """A JSON file the run wrote; a damaged one is a ConfigError naming it."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+    raise ConfigError(f"{path} cannot be read ({type(error).__name__}: {error}); it is "
+                      "damaged: restore it or re-run into a new --workdir") from None
 
 
 def load_data(config):
@@ -85,8 +94,9 @@ def load_run(workdir, data=None, step=None):
     A ``Run``.
 
   Raises:
-    ConfigError: no config.json or no checkpoint, or a config the method
-      rejects for this data.
+    ConfigError: no config.json or no checkpoint, a damaged config.json or
+      best.json, a config the method rejects for this data, or a checkpoint that
+      does not fit the config.
   """
   config = read_config(workdir)
   data = load_data(config) if data is None else data
@@ -100,8 +110,9 @@ def load_run(workdir, data=None, step=None):
   use_best = step is None and config.train.get("early_stopping", "") and os.path.exists(best)
   subdir = "best" if use_best else "checkpoints"
   if use_best:
-    with open(best) as f:
-      step = json.load(f)["step"]
+    step = _read_json(best).get("step")
+    if not isinstance(step, int):
+      raise ConfigError(f"{best} names no step ({step!r}); it is damaged")
   checkpointer = checkpoint.Checkpointer(workdir, subdir=subdir)
   try:
     step = checkpointer.latest_step() if step is None else step
@@ -110,8 +121,16 @@ def load_run(workdir, data=None, step=None):
       raise ConfigError(f"{workdir}/{subdir} holds no checkpoint{what}; finish or resume the "
                         "run first")
     state = checkpointer.restore(abstract_state(method, config, data), step)
-  finally:
+  except ConfigError:
     checkpointer.close()
+    raise
+  except (ValueError, KeyError, TypeError) as error:  # orbax: a tree or shape mismatch
+    # The checkpointer is left open: closing it after a failed restore races orbax's
+    # threads, which then print a traceback beside the error line.
+    raise ConfigError(f"the checkpoint at step {step} in {workdir}/{subdir} does not fit "
+                      f"its config.json ({type(error).__name__}: "
+                      f"{str(error).splitlines()[0][:300]})") from None
+  checkpointer.close()
   return Run(workdir=workdir, config=config, method=method, state=state)
 
 
@@ -128,28 +147,36 @@ def abstract_state(method, config, data):
 
 
 def images_evaluated(config, data, split, num_examples):
-  """What decides the images a run is scored on: the split's first images and the
-  seed that binarizes them at evaluation."""
-  return (data.splits[split][:num_examples], config.eval.get("binarization_seed", None))
+  """What decides the observations a run is scored on: the split's first images, and how
+  its likelihood sees their pixels (binarized by ``eval.binarization_seed`` for a
+  Bernoulli decoder; as they are, 8-bit, for a discretized one, whatever the seed)."""
+  section = config.get(config.get("method", ""), None)
+  likelihood = section.get("likelihood", "bernoulli") if hasattr(section, "get") else "bernoulli"
+  if likelihood == "bernoulli":
+    observed = (f"pixels binarized with eval.binarization_seed="
+                f"{config.eval.get('binarization_seed', None)}")
+  else:
+    observed = f"8-bit pixels under likelihood={likelihood!r}"
+  return data.splits[split][:num_examples], observed
 
 
 def check_same_images(evaluated, workdirs):
-  """Stops before any evaluation when two runs would be scored on different images.
+  """Stops before any evaluation when two runs would be scored on different observations.
 
   Args:
     evaluated: ``images_evaluated`` of each run.
     workdirs: the runs' folders, for the message.
 
   Raises:
-    ConfigError: naming the first run whose images or binarization seed differ from
-      the first run's.
+    ConfigError: naming the first run whose images, or the way its likelihood sees
+      their pixels, differ from the first run's.
   """
-  reference, reference_seed = evaluated[0]
-  for (images, seed), workdir in zip(evaluated[1:], workdirs[1:]):
+  reference, reference_observed = evaluated[0]
+  for (images, observed), workdir in zip(evaluated[1:], workdirs[1:]):
     if images.shape != reference.shape or not np.array_equal(images, reference):
       raise ConfigError(f"{workdir} and {workdirs[0]} hold different images in this split: a "
                         "paired comparison needs the same ones; evaluate them in separate calls")
-    if seed != reference_seed:
-      raise ConfigError(f"{workdir} binarizes its images with eval.binarization_seed={seed}"
-                        f" and {workdirs[0]} with {reference_seed}: a paired comparison needs "
-                        "the same images; evaluate them in separate calls")
+    if observed != reference_observed:
+      raise ConfigError(f"{workdir} is scored on {observed} and {workdirs[0]} on "
+                        f"{reference_observed}: a paired comparison needs the same "
+                        "observations; evaluate them in separate calls")

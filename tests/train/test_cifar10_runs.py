@@ -13,6 +13,7 @@ an earlier one did; cached executables are the same code, so results are unchang
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -159,3 +160,33 @@ def test_compare_reconstructions_without_a_run_is_one_error_line(tmp_path):
   assert proc.stderr.strip().splitlines()[-1] == (
       f"error: ConfigError: {tmp_path} holds no config.json: not the workdir of a run")
   assert not (tmp_path / "fig.png").exists()
+
+
+def test_compare_reconstructions_refuses_runs_of_other_images_and_bad_flags(
+    asvae_run, ali_run, tmp_path):
+  """Each case is one error line and no figure: a run whose data (here another seed of
+  the synthetic set) begins with other images, more images than the split holds, a
+  zero scale, and an output that cannot be written."""
+  other = tmp_path / "other_seed"
+  shutil.copytree(asvae_run, other)
+  config = json.load(open(other / "config.json"))
+  config["seed"] = config["seed"] + 1
+  json.dump(config, open(other / "config.json", "w"))
+  output = tmp_path / "fig.png"
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  cases = [
+      ([f"--workdir={ali_run}", f"--workdir={other}", f"--output={output}"],
+       "begins with other images"),
+      ([f"--workdir={ali_run}", "--num_images=100000", f"--output={output}"],
+       "--num_images=100000"),
+      ([f"--workdir={ali_run}", "--scale=0", f"--output={output}"], "--scale"),
+      ([f"--workdir={ali_run}", "--num_images=2", f"--output={blocker / 'fig.png'}"],
+       "cannot write --output"),
+  ]
+  for args, needle in cases:
+    proc = launch("experiments.compare_reconstructions", args, tmp_path / "cache")
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and needle in lines[0], (needle, lines)
+    assert not output.exists()

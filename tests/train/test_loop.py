@@ -3,10 +3,12 @@
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -118,6 +120,15 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
     code, _, err = launch([f"--workdir={workdir}", f"--workdir={workdir}", "--num_examples=1"],
                           experiment="decoder_nll")
     assert_one_line_error(code, err, "--num_examples=1", "at least 2")
+    code, _, err = launch([f"--workdir={workdir}", "--num_samples=0"], experiment="decoder_nll")
+    assert_one_line_error(code, err, "num_samples")
+    # A checkpoint that does not fit the workdir's config.json (edited after the run).
+    shutil.copytree(os.path.join(workdir, "checkpoints"), other / "checkpoints")
+    config["eval"]["binarization_seed"] = 0
+    config[config["method"]]["latent_dim"] = 3
+    json.dump(config, open(other / "config.json", "w"))
+    code, _, err = launch([f"--workdir={other}", "--num_examples=2"], experiment="decoder_nll")
+    assert_one_line_error(code, err, "checkpoint at step 20", "does not fit its config.json")
 
 
 RESUME_ARGS = ["--config.train.num_steps=600",
@@ -317,15 +328,32 @@ def test_the_loop_on_four_devices_ends_like_on_one(tmp_path):
 
 
 def test_paired_comparison_needs_the_same_images():
-  """``runs.check_same_images``, which ``experiments.decoder_nll`` runs before a paired call."""
-  from dgm_jax.train import runs
-  from dgm_jax.train.guards import ConfigError
+  """``runs.check_same_images``, which ``experiments.decoder_nll`` runs before a paired call,
+  on what ``runs.images_evaluated`` says of each run."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from dgm_jax.train import runs  # pylint: disable=import-outside-toplevel
+  from dgm_jax.train.guards import ConfigError  # pylint: disable=import-outside-toplevel
   images = np.zeros((3, 4), np.float32)
-  runs.check_same_images([(images, 0), (images.copy(), 0), (images, 0)], ["A", "B", "C"])
+  data = types.SimpleNamespace(splits={"test": images})
+
+  def run(method="vae", likelihood=None, seed=0):
+    section = {} if likelihood is None else {"likelihood": likelihood}
+    config = ml_collections.ConfigDict({"method": method, method: section,
+                                        "eval": {"binarization_seed": seed}})
+    return runs.images_evaluated(config, data, "test", 3)
+
+  same = [run(), run("stein_vae"), run(likelihood="bernoulli")]
+  runs.check_same_images(same, ["A", "B", "C"])
+  # A discretized likelihood scores the 8-bit pixels, whatever the binarization seed.
+  runs.check_same_images([run(likelihood="discretized_logistic", seed=s) for s in (0, 3)],
+                         ["A", "B"])
   changed = images.copy()
   changed[1, 2] = 1.0
-  for evaluated, needle in (([(images, 0), (images, 0), (changed, 0)], "C and A hold different"),
-                            ([(images, 0), (images[:2], 0)], "B and A hold different"),
-                            ([(images, 0), (images, 3)], "binarization_seed=3")):
+  observed = same[0][1]
+  for evaluated, needle in (
+      ([same[0], same[1], (changed, observed)], "C and A hold different"),
+      ([same[0], (images[:2], observed)], "B and A hold different"),
+      ([same[0], run(seed=3)], "binarization_seed=3"),
+      ([same[0], run(likelihood="discretized_logistic")], "likelihood='discretized_logistic'")):
     with pytest.raises(ConfigError, match=needle):
       runs.check_same_images(evaluated, ["A", "B", "C"][:len(evaluated)])
