@@ -102,13 +102,30 @@ def _read_first_source(folders, tfds_name, data_dir):
   for folder in folders:
     files = _idx_files(folder)
     if files is not None:
-      return (*_idx_splits(files), f"idx:{folder}")
+      splits, labels = _idx_splits(files)
+      _check_not_the_other_set(labels["train"], tfds_name, folder)
+      return splits, labels, f"idx:{folder}"
   from_tfds = tfds.load_splits(tfds_name, _TFDS_SPLITS, data_dir)
   if from_tfds is None:
     return None
   images, labels, source = from_tfds
   return ({s: _to_unit(images[s]) for s in images},
           {s: labels[s].astype(np.int32) for s in labels}, source)
+
+
+# The first ten training labels of the standard files: MNIST's begin 5 0 4 1 9, Fashion's
+# with an ankle boot (9) and two T-shirts.
+_FIRST_TRAIN_LABELS = {"mnist": (5, 0, 4, 1, 9, 2, 1, 3, 1, 4),
+                       "fashion_mnist": (9, 0, 0, 3, 0, 2, 7, 2, 5, 5)}
+
+
+def _check_not_the_other_set(train_labels, name, folder):
+  """A folder of the other data set's files (data.data_dir pointed at MNIST for
+  Fashion-MNIST, or back) would otherwise be read under this one's name."""
+  for other, first in _FIRST_TRAIN_LABELS.items():
+    if other != name and tuple(train_labels[:10].tolist()) == first:
+      raise DataError(f"{folder} holds {other}'s files (its first training labels are "
+                      f"{other}'s), not {name}'s: point data.data_dir at {name}'s folder")
 
 
 def _idx_files(folder):

@@ -135,6 +135,14 @@ class TestIdxFolders:
     with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte holds label 138"):
       data.load("mnist", tmp_path)
 
+  @pytest.mark.skipif(_mnist_root() is None, reason="full MNIST not found")
+  def test_mnist_files_are_not_read_as_fashion_mnist(self, no_other_sources):
+    folder = os.path.join(_mnist_root(), "mnist")
+    assert tuple(data.load("mnist", folder).labels["train"][:10]) == (
+        mnist._FIRST_TRAIN_LABELS["mnist"])  # pylint: disable=protected-access
+    with pytest.raises(data.DataError, match="holds mnist's files .* not fashion_mnist's"):
+      data.load("fashion_mnist", folder)
+
   def test_fashion_mnist_missing_says_how_to_install(self, tmp_path, monkeypatch, no_other_sources):
     monkeypatch.setattr(mnist, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "absent"))
     with pytest.raises(data.DataError, match="apt-get install dataset-fashion-mnist"):
@@ -147,3 +155,6 @@ def test_installed_fashion_mnist():
   dataset = data.load("fashion_mnist")
   assert dataset.num_examples == {"train": 50_000, "valid": 10_000, "test": 10_000}
   assert dataset.splits["test"].max() == 1.0
+  assert tuple(dataset.labels["train"][:10]) == mnist._FIRST_TRAIN_LABELS["fashion_mnist"]  # pylint: disable=protected-access
+  with pytest.raises(data.DataError, match="holds fashion_mnist's files .* not mnist's"):
+    data.load("mnist", mnist.FASHION_MNIST_SYSTEM_DIR)
