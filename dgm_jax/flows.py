@@ -51,8 +51,10 @@ def planar_flow(z, u, w, b):
   pre_activation = jnp.einsum("...d,d->...", z, w) + b
   tanh_a = jnp.tanh(pre_activation)
   z_new = z + u_hat * tanh_a[..., None]
-  # 1 - tanh^2 loses relative accuracy only where tanh^2 ~ 1 dominates det.
-  sech2_a = 1.0 - jnp.square(tanh_a)
+  # sech^2 from exp(-|a|), not 1 - tanh^2: that is exactly 0 in float32 for |a| > 8,
+  # where a large softplus(w . u) can still make sech^2 softplus the larger term of det.
+  decay = jnp.exp(-jnp.abs(pre_activation))
+  sech2_a = jnp.square(2.0 * decay / (1.0 + jnp.square(decay)))
   # 1 + w . u_hat: softplus(w . u) for w != 0; 1 for w = 0, where u_hat = u.
   one_plus_w_dot_u_hat = jnp.where(
       jnp.dot(w, w) > 0, jax.nn.softplus(jnp.dot(w, u)), 1.0)

@@ -128,6 +128,22 @@ class TestPlanarFlow:
     np.testing.assert_allclose(log_det, np.log(np.finfo(dtype).tiny), rtol=1e-6)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
 
+  @pytest.mark.parametrize("w_dot_u,a", [(1e4, 8.0), (1e6, 8.0), (1e6, 9.0), (1e6, -9.0),
+                                         (1.0, 30.0)])
+  def test_float32_log_det_where_tanh_saturates(self, w_dot_u, a):
+    """At |a| > 8 float32's 1 - tanh^2(a) is 0, yet sech^2(a) softplus(w . u) is most of
+    det when w . u is large (log det 0.372 at w . u = 1e6, a = 8): float32 matches the
+    determinant written out in float64."""
+    w = np.array([1.0, 0.0])
+    u = np.array([w_dot_u, 2.0])
+    z = np.array([a, -1.0])
+    got = flows.planar_flow(*(jnp.asarray(v, jnp.float32) for v in (z, u, w)),
+                            jnp.float32(0.0))[1]
+    assert got.dtype == jnp.float32
+    softplus = w_dot_u + np.log1p(np.exp(-w_dot_u))
+    want = np.log(np.tanh(a)**2 + softplus / np.cosh(a)**2)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
   @given(_vectors(2), _vectors(2))
   def test_zero_w_is_a_translation(self, u, z):
     z_new, log_det = flows.planar_flow(z, u, np.zeros(2), 0.5)
