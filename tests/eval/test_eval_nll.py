@@ -105,7 +105,7 @@ def test_laplace_matches_quadrature_on_a_bernoulli_decoder():
   values = np.asarray(log_joint(jnp.asarray(grid)[:, None]))
   exact = np.log(np.trapezoid(np.exp(values - values.max()), grid)) + values.max()
   got = nll.laplace_log_likelihood(log_joint, jnp.zeros(1), jax.random.PRNGKey(0), 20_000, 2_000)
-  assert float(got) == pytest.approx(exact, abs=0.01)
+  assert float(got) == pytest.approx(exact, abs=3e-3)  # 6e-4 off with this key
 
 
 def test_laplace_newton_steps_never_go_downhill():

@@ -81,6 +81,19 @@ def _digits_batch(data, num_unlabeled, num_labeled):
   return {"x": batch["x"], "x_labeled": labeled["x"], "label_labeled": labeled["label"]}
 
 
+def svgd_direction_written_out(z, scores):
+  """(4.12) for one example's [M, D] codes: (1/M) sum_j [k(z_j, z_i) s_j + grad_{z_j} k],
+  k = exp(-|z_i - z_j|^2 / h), h the median of the M x M squared distances over
+  log(M + 1) (the default 'liu_wang' convention), in numpy."""
+  z, scores = np.asarray(z, np.float64), np.asarray(scores, np.float64)
+  num = z.shape[0]
+  diffs = z[:, None, :] - z[None, :, :]  # [i, j]: z_i - z_j
+  sq = np.sum(diffs**2, axis=-1)
+  h = np.median(sq) / np.log(num + 1.0)
+  k = np.exp(-sq / h)  # symmetric
+  return (k @ scores + (2.0 / h) * np.einsum("ij,ijd->id", k, diffs)) / num
+
+
 def test_semi_supervised_stein_step_equals_the_algorithm_written_out():
   """Codes of labeled pairs move with the scores of (4.54), theta~ follows (4.51).
 
@@ -127,11 +140,14 @@ def test_semi_supervised_stein_step_equals_the_algorithm_written_out():
 
   z = encoder.apply(eta, x[:, None], xi[None])
   scores = jax.grad(lambda c: jnp.sum(log_joint(theta, tilde, c)))(z)
-  moved, _ = stein_vae.svgd_move(z, scores, section.svgd_step_size)
+  moved = z + section.svgd_step_size * np.stack([svgd_direction_written_out(*example)
+                                                 for example in zip(z, scores)])
   steps_per_epoch = spec.num_train // config.data.batch_size
   opt = make_optimizer(section, config.train.num_steps, steps_per_epoch)
-  grads = jax.grad(lambda e: stein_vae.encoder_fit_loss(
-      lambda a, b: encoder.apply(e, a, b), x, xi, moved))(eta)
+  # (4.13): half the squared distance of f_eta to the moved codes, summed over the
+  # particles and averaged over the examples
+  grads = jax.grad(lambda e: 0.5 * jnp.mean(jnp.sum(jnp.square(
+      encoder.apply(e, x[:, None], xi[None]) - moved), axis=(1, 2))))(eta)
   eta = optax.apply_updates(eta, opt.update(grads, state.opt_state["encoder"], eta)[0])
   grads = jax.grad(lambda t: -jnp.mean(log_lik_x(t, z)))(theta)
   theta = optax.apply_updates(theta, opt.update(grads, state.opt_state["decoder"], theta)[0])
