@@ -148,6 +148,7 @@ __all__ = [
     "encoder_net",
     "decoder_net",
     "asvae_generator_loss",
+    "discriminator_pairs",
     "relaxed_binarize",
     "relaxed_bernoulli",
     "decoder_pair_encoder_read",
@@ -177,6 +178,24 @@ DISCRIMINATOR_LOSSES = {
     "psi2": ("d2_loss", adversarial.psi2_loss),
     "psi": ("d_loss", adversarial.ali_discriminator_loss),
 }
+
+
+def discriminator_pairs(x_shown, z_encoder, x_decoder, noise):
+  """(real pairs, fake pairs) of each discriminator, each pair (x [B, P], z [B, D]).
+
+  ``x_decoder`` was decoded from ``noise["z_prior"]``, ``z_encoder`` encoded from
+  ``x_shown``. The fakes are the product of the marginals: psi1's (5.3) pairs the
+  decoded x with a fresh ``noise["z_independent"]`` (p_theta(x) p(z)), psi2's (5.4)
+  the data with another example's code (q(x) q_phi(z), a cyclic shift of the batch).
+  """
+  return {
+      # psi1 real: encoder pairs; fake: decoded x with an independent z
+      "psi1": ((x_shown, z_encoder), (x_decoder, noise["z_independent"])),
+      # psi2 real: decoder pairs; fake: data x with another example's code
+      "psi2": ((x_decoder, noise["z_prior"]), (x_shown, jnp.roll(z_encoder, 1, axis=0))),
+      # ALI's psi real: encoder pairs; fake: decoder pairs
+      "psi": ((x_shown, z_encoder), (x_decoder, noise["z_prior"])),
+  }
 
 
 def asvae_generator_loss(encoder_pair_terms, decoder_pair_terms, variant,
@@ -404,17 +423,6 @@ def make_method(config, spec):
       return relaxed_binarize(key, gray, temperature)
     dequantized = transforms.uniform_dequantize(key, gray, likelihoods.NUM_BINS)
     return (dequantized if train_continuous else gray), dequantized
-
-  def discriminator_pairs(x_shown, z_encoder, x_decoder, noise):
-    """(real pairs, fake pairs) of each discriminator, each pair (x [B, P], z [B, D])."""
-    return {
-        # psi1 real: encoder pairs; fake: decoded x with an independent z
-        "psi1": ((x_shown, z_encoder), (x_decoder, noise["z_independent"])),
-        # psi2 real: decoder pairs; fake: data x with another example's code
-        "psi2": ((x_decoder, noise["z_prior"]), (x_shown, jnp.roll(z_encoder, 1, axis=0))),
-        # ALI's psi real: encoder pairs; fake: decoder pairs
-        "psi": ((x_shown, z_encoder), (x_decoder, noise["z_prior"])),
-    }
 
   def discriminator_loss(disc_params, x_shown, z_encoder, x_decoder, noise, contrast=None):
     """Sum over discriminators of their mean losses (5.3), (5.4) or (5.1), plus

@@ -99,6 +99,32 @@ def test_variant_objectives_drop_the_other_half(variant):
       trained[name] for name in trained if name not in UNUSED_INPUTS[variant]}
 
 
+def test_discriminator_pairs_fake_the_product_of_the_marginals():
+  """Rows are labelled by value: x_shown row i is i, its code 100 + i; z_prior row j is
+  200 + j, the x decoded from it 300 + j; the fresh z_independent 400 + j. Real pairs
+  keep each x with its own z; fake pairs break that link in the ways (5.3)/(5.4) ask."""
+  rows = jnp.arange(5.0)[:, None]
+  x_shown, z_encoder = rows + jnp.zeros((1, 3)), 100.0 + rows + jnp.zeros((1, 2))
+  z_prior = 200.0 + rows + jnp.zeros((1, 2))
+  x_decoder = 300.0 + rows + jnp.zeros((1, 3))
+  noise = {"z_prior": z_prior, "z_independent": 400.0 + rows + jnp.zeros((1, 2))}
+  pairs = asvae.discriminator_pairs(x_shown, z_encoder, x_decoder, noise)
+  encoder_pair, decoder_pair = (x_shown, z_encoder), (x_decoder, z_prior)
+  def same(a, b):
+    return all(np.array_equal(u, v) for u, v in zip(a, b))
+  assert same(pairs["psi1"][0], encoder_pair) and same(pairs["psi2"][0], decoder_pair)
+  assert same(pairs["psi"][0], encoder_pair) and same(pairs["psi"][1], decoder_pair)
+  # psi1's fake: decoded x with a fresh z, neither its generating z nor an encoder code
+  x, z = pairs["psi1"][1]
+  np.testing.assert_array_equal(x, x_decoder)
+  np.testing.assert_array_equal(z, noise["z_independent"])
+  # psi2's fake: data x with a code of another example of the batch, every code once
+  x, z = pairs["psi2"][1]
+  np.testing.assert_array_equal(x, x_shown)
+  owners = np.asarray(z[:, 0] - 100.0)  # the example each code was encoded from
+  assert sorted(owners) == list(range(5)) and np.all(owners != np.arange(5)), owners
+
+
 def test_relaxed_binarize_is_a_bernoulli_draw_with_a_relaxed_twin():
   gray = jnp.concatenate([jnp.zeros(10), jnp.ones(10), jnp.full(40_000, 0.3)]).astype(jnp.float32)
   binary, relaxed = asvae.relaxed_binarize(jax.random.PRNGKey(0), gray, 0.5)
