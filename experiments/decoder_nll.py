@@ -33,16 +33,17 @@ behind the means are saved beside it, ``decoder_nll_per_image.npz`` (arrays ``ow
 sampling keys where the runs' ``eval.batch_size`` agree too (keys are folded per batch;
 with different batch sizes the pairing holds, its draws are only independent).
 
-Paired comparison. With several workdirs every run sees the same images and the same
-importance-sampling keys, so each run after the first also gets ``paired_with_first``:
-the mean per-image difference of its NLLs from the first run's (``nll_difference_nats``,
-negative where it is better; ``nll_laplace_difference_nats`` for the Laplace NLLs) and
-its standard error (``eval.nll.paired_difference``). Per-image differences cancel the
-images' shared difficulty, so their standard error is far below that of a difference of
-two means, ``sqrt(se_a^2 + se_b^2)`` from each run's ``nll_standard_error_nats``. The runs
-must be scored on the same observations (the split's first images, seen by the same
-likelihood: binarized by the same ``eval.binarization_seed`` for Bernoulli decoders, 8-bit
-for discretized ones; ``train.runs.check_same_images``); otherwise the call stops with one
+Paired comparison. With several workdirs every run sees the same images (and the same
+importance-sampling keys where their ``eval.batch_size`` agree), so each run after the
+first also gets ``paired_with_first``: the mean per-image difference of its NLLs from
+the first run's (``nll_difference_nats``, negative where it is better;
+``nll_laplace_difference_nats`` for the Laplace NLLs) and its standard error
+(``eval.nll.paired_difference``). Per-image differences cancel the images' shared
+difficulty, so their standard error is far below that of a difference of two means,
+``sqrt(se_a^2 + se_b^2)`` from each run's ``nll_standard_error_nats``. The runs must be
+scored on the same observations (the split's first images, seen by the same likelihood:
+binarized by the same ``eval.binarization_seed`` for Bernoulli decoders, 8-bit for
+discretized ones; ``train.runs.check_same_images``); otherwise the call stops with one
 error line before any evaluation.
 
   python -m experiments.decoder_nll --workdir=runs/vae --workdir=runs/stein_vae

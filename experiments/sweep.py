@@ -32,8 +32,7 @@ import submitit
 from absl import app, flags
 
 __all__ = ["FlagError", "Point", "parse_value", "parse_grid", "make_points", "check_overrides",
-           "launcher_command",
-           "run_command", "LauncherJob", "format_table", "main"]
+           "launcher_command", "run_command", "LauncherJob", "format_table", "main"]
 
 EXECUTORS = ("local", "slurm", "debug")
 TABLE_COLUMNS = ("point", "status", "method", "dataset", "steps", "nll_nats", "elbo_nats", "wall_s")

@@ -296,7 +296,7 @@ def _of_kind(name, key, value, default):
       if isinstance(value, bool):
         raise ValueError("not a number")
       return float(value)
-    return tuple(np.asarray(value, np.float64).tolist())  # nested tuples, rectangular
+    return tuple(np.asarray(value, np.float64).tolist())  # rectangular (rows as lists)
   except (TypeError, ValueError) as error:
     kind = ("an integer" if isinstance(default, int) else "a number"
             if isinstance(default, float) else "a rectangular array of numbers")
