@@ -11,6 +11,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from dgm_jax.train.guards import ConfigError
+
 __all__ = ["Checkpointer"]
 
 
@@ -52,13 +54,20 @@ class Checkpointer:
     """Restores into the shapes and shardings of ``abstract_state``.
 
     Raises:
-      ValueError: the checkpoint's arrays (names, shapes, dtypes) are not those of
-        ``abstract_state``; found from the checkpoint's metadata before any array is
-        read (a failed orbax restore leaves threads that print a traceback).
+      ConfigError: the checkpoint's arrays (names, shapes, dtypes) are not those of
+        ``abstract_state``: found from the checkpoint's metadata before any array is
+        read (a failed orbax restore leaves threads that print a traceback), or by
+        orbax itself.
     """
     step = self.latest_step() if step is None else step
-    self._check_fits(abstract_state, step)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    try:
+      self._check_fits(abstract_state, step)
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except (ValueError, KeyError, TypeError) as error:  # a tree, shape or dtype mismatch
+      raise ConfigError(
+          f"the checkpoint at step {step} in {self.directory} does not fit the config "
+          f"({type(error).__name__}: {str(error).splitlines()[0][:300]}); use the config it "
+          "was written with (the workdir's config.json) or a new --workdir") from None
 
   def _check_fits(self, abstract_state, step):
     reader = ocp.CheckpointManager(self.directory, item_handlers=ocp.StandardCheckpointHandler())

@@ -167,14 +167,7 @@ class _Trainer:
       first = parallel.shard_batch(_index_block(self._host_block(0, 1), 0), self.batch_sharding)
       return self.init_fn(self.init_key, first)
     logging.info("Resuming from the checkpoint at step %d in %s", latest, self.workdir)
-    try:
-      state = self.checkpointer.restore(self.abstract_state, latest)
-    except (ValueError, KeyError, TypeError) as error:  # orbax: a tree or shape mismatch
-      raise guards.ConfigError(
-          f"the checkpoint at step {latest} in {self.checkpointer.directory} does not fit "
-          f"this config ({type(error).__name__}: {str(error).splitlines()[0][:300]}); resume "
-          "with the config it was written with (the workdir's config.json) or pass a new "
-          "--workdir") from None
+    state = self.checkpointer.restore(self.abstract_state, latest)  # ConfigError: misfit
     # Only once the state is back: the rows past it (a resumed run writes them again) and
     # the test split's, which only the final evaluation writes.
     self.writer.truncate_after(latest, drop_splits=("test",))

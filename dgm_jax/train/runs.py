@@ -121,16 +121,8 @@ def load_run(workdir, data=None, step=None):
       raise ConfigError(f"{workdir}/{subdir} holds no checkpoint{what}; finish or resume the "
                         "run first")
     state = checkpointer.restore(abstract_state(method, config, data), step)
-  except ConfigError:
+  finally:
     checkpointer.close()
-    raise
-  except (ValueError, KeyError, TypeError) as error:  # orbax: a tree or shape mismatch
-    # The checkpointer is left open: closing it after a failed restore races orbax's
-    # threads, which then print a traceback beside the error line.
-    raise ConfigError(f"the checkpoint at step {step} in {workdir}/{subdir} does not fit "
-                      f"its config.json ({type(error).__name__}: "
-                      f"{str(error).splitlines()[0][:300]})") from None
-  checkpointer.close()
   return Run(workdir=workdir, config=config, method=method, state=state)
 
 

@@ -128,7 +128,7 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
     config[config["method"]]["latent_dim"] = 3
     json.dump(config, open(other / "config.json", "w"))
     code, _, err = launch([f"--workdir={other}", "--num_examples=2"], experiment="decoder_nll")
-    assert_one_line_error(code, err, "checkpoint at step 20", "does not fit its config.json")
+    assert_one_line_error(code, err, "checkpoint at step 20", "does not fit the config")
 
 
 RESUME_ARGS = ["--config.train.num_steps=600",
@@ -210,7 +210,7 @@ def test_rerun_of_a_finished_workdir_and_a_config_that_does_not_fit_it(tmp_path)
   saved = {name: open(os.path.join(workdir, name)).read()
            for name in ("config.json", "metrics.jsonl")}
   code, _, err = launch(args + ["--config.vae.latent_dim=3"])
-  assert_one_line_error(code, err, "checkpoint at step 20", "does not fit this config")
+  assert_one_line_error(code, err, "checkpoint at step 20", "does not fit the config")
   for name, text in saved.items():
     assert open(os.path.join(workdir, name)).read() == text, name
 
