@@ -5,6 +5,7 @@ with the exact posterior at the test points (results.json, samples/posterior.png
 
   python -m experiments.gmm --config=configs/gmm.py              # dissertation setting
   python -m experiments.gmm --config=configs/gmm.py:bimodal      # two-mode posteriors
+  python -m experiments.gmm --config=configs/gmm.py:bimodal,shifted  # unequal mode weights
   python -m experiments.gmm --config=configs/gmm.py:smoke --workdir=/tmp/gmm
 """
 
@@ -50,6 +51,7 @@ def main(argv):
   toy_lib.save_posterior_figure(os.path.join(workdir, "samples", "posterior.png"), x_test,
                                 samples, config.eval.num_plot_points)
   results = {"method": "gmm_toy", "dataset": data.name, "setting": data.extras["setting"],
+             "mu": [float(m) for m in data.extras["mu"]],
              "data_source": data.source, "num_examples": data.num_examples, "steps": steps,
              "vae_steps": steps * stein.encoder_steps, "wall_s": train_time,
              "eval_wall_s": time.perf_counter() - start - train_time, "split": "test",

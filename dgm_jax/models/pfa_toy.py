@@ -219,7 +219,10 @@ def marginal_variance_errors(samples_by_method, reference):
 
   Returns:
     (name -> {metric: float}, name -> variances [N, V] (with 'reference')):
-    ``var_rel_error`` (mean of ``|r - 1|``), ``var_ratio`` (mean of r; below 1
+    ``var_rel_error`` (mean of ``|r - 1|``; ``var_rel_error_median`` and
+    ``var_rel_error_max`` its median and largest over (n, v), and ``var_log_ratio_max`` the
+    largest ``|log r|``, which weighs a variance half the reference's like one twice it),
+    ``var_ratio`` (mean of r; below 1
     means the variances are underestimated), ``var_ratio_geomean``
     (``exp(mean log r)``), ``mean_rel_error`` (mean relative error of the
     posterior means).
@@ -231,6 +234,9 @@ def marginal_variance_errors(samples_by_method, reference):
     ratio = var / ref_var
     report[name] = {k: float(v) for k, v in {
         "var_rel_error": jnp.mean(jnp.abs(ratio - 1.0)),
+        "var_rel_error_median": jnp.median(jnp.abs(ratio - 1.0)),
+        "var_rel_error_max": jnp.max(jnp.abs(ratio - 1.0)),
+        "var_log_ratio_max": jnp.max(jnp.abs(jnp.log(ratio))),
         "var_ratio": jnp.mean(ratio),
         "var_ratio_geomean": jnp.exp(jnp.mean(jnp.log(ratio))),
         "mean_rel_error": jnp.mean(jnp.abs(mean - ref_mean) / ref_mean),

@@ -359,7 +359,13 @@ def evaluate(samples_by_method, reference, posterior):
     ``min_mode_weight`` (the smaller of the two weights), ``mean_rel_error``,
     ``mean_error_in_std`` (the mean's error over the posterior's scale
     ``sqrt(tr C)``, meaningful also where the exact mean is near 0),
-    ``cov_rel_error``.
+    ``cov_rel_error``; and two whitened by the exact mixture covariance C, which weigh
+    every direction alike where the Frobenius and Euclidean norms follow the widest:
+    ``mean_error_whitened`` (the Mahalanobis length ``|C^-1/2 (m - m_exact)|``, in
+    posterior standard deviations) and ``cov_whitened_error``
+    (``|C^-1/2 S C^-1/2 - I|_F / sqrt(Dz)``: 0.1 is a 10% error in the variance along
+    every eigenvector of C, however narrow). The ``*_max`` entries are the largest over the
+    test points instead of the mean.
   """
   log_weights, means, covs = (jnp.asarray(a, reference.dtype) for a in posterior)
   cov = covs[:, 0]
@@ -375,19 +381,38 @@ def evaluate(samples_by_method, reference, posterior):
     sample_mean = jnp.mean(samples, axis=1)
     sample_cov = jax.vmap(lambda s: jnp.cov(s, rowvar=False))(samples)
     mean_error = jnp.linalg.norm(sample_mean - exact_mean, axis=-1)
+    whitened_mean, whitened_cov = jax.vmap(_whitened)(exact_cov, sample_mean - exact_mean,
+                                                      sample_cov)
+    mean_rel = mean_error / jnp.linalg.norm(exact_mean, axis=-1)
+    cov_rel = (jnp.linalg.norm(sample_cov - exact_cov, axis=(-2, -1))
+               / jnp.linalg.norm(exact_cov, axis=(-2, -1)))
     report[name] = {
         "mmd": jnp.mean(jax.lax.map(lambda a: mmd(*a), (samples, reference, bandwidth))),
         "mode_weight_error": jnp.mean(jnp.abs(method_weights - exact_weights)),
         "min_mode_weight": jnp.mean(jnp.min(method_weights, axis=1)),
-        "mean_rel_error": jnp.mean(mean_error / jnp.linalg.norm(exact_mean, axis=-1)),
+        "mean_rel_error": jnp.mean(mean_rel),
+        "mean_rel_error_max": jnp.max(mean_rel),
         "mean_error_in_std": jnp.mean(mean_error / jnp.sqrt(jnp.trace(exact_cov, axis1=-2,
                                                                       axis2=-1))),
-        "cov_rel_error": jnp.mean(jnp.linalg.norm(sample_cov - exact_cov, axis=(-2, -1))
-                                  / jnp.linalg.norm(exact_cov, axis=(-2, -1))),
+        "mean_error_whitened": jnp.mean(whitened_mean),
+        "cov_rel_error": jnp.mean(cov_rel),
+        "cov_rel_error_max": jnp.max(cov_rel),
+        "cov_whitened_error": jnp.mean(whitened_cov),
+        "cov_whitened_error_max": jnp.max(whitened_cov),
     }
     report[name] = {k: float(v) for k, v in report[name].items()}
     weights_by_method[name] = np.asarray(method_weights)
   return report, np.asarray(exact_weights), weights_by_method
+
+
+def _whitened(exact_cov, mean_error, sample_cov):
+  """``(|C^-1/2 e|, |C^-1/2 S C^-1/2 - I|_F / sqrt(D))`` for the exact covariance C (symmetric
+  inverse square root from its eigendecomposition)."""
+  eigenvalues, eigenvectors = jnp.linalg.eigh(exact_cov)
+  inv_sqrt = (eigenvectors / jnp.sqrt(eigenvalues)) @ eigenvectors.T
+  relative = inv_sqrt @ sample_cov @ inv_sqrt - jnp.eye(exact_cov.shape[-1], dtype=exact_cov.dtype)
+  return (jnp.linalg.norm(inv_sqrt @ mean_error),
+          jnp.linalg.norm(relative) / jnp.sqrt(exact_cov.shape[-1]))
 
 
 def history_records(metrics_by_method, log_every):

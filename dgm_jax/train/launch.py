@@ -81,7 +81,10 @@ def start_toy(config, argv, workdir, dataset, usage):
     if not config.train[key] >= 1:
       fail(f"ConfigError: train.{key}={config.train[key]} must be at least 1")
   workdir = workdir or loop.default_workdir(f"{dataset}_toy", dataset)
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    loop.make_workdir(workdir)
+  except ConfigError as error:
+    fail(f"ConfigError: {error}")
   try:
     data = registry.load(dataset, seed=config.seed, **dict(config.data.options))
   except DataError as error:

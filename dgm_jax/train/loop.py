@@ -15,7 +15,6 @@ resumed run goes on comparing), and the test split, samples and scores are
 those of that state; ``results.json`` records which (``early_stopping``).
 """
 
-import json
 import os
 import shutil
 import time
@@ -29,7 +28,7 @@ from dgm_jax.data import pipeline
 from dgm_jax.eval import classifier, images, nll, scores
 from dgm_jax.train import checkpoint, config_check, guards, parallel, runs, writers
 
-__all__ = ["run", "default_workdir", "BestState"]
+__all__ = ["run", "default_workdir", "make_workdir", "BestState", "check_resumed_config"]
 
 _TRAIN_SALT, _EVAL_SALT = 0, 1
 
@@ -52,7 +51,7 @@ def run(config, workdir=None, method_name=None):
   config_check.validate(config, method_name)
   parallel.maybe_initialize_distributed(config.get("distributed", False))
   workdir = workdir or default_workdir(method_name, config.data.name)
-  os.makedirs(workdir, exist_ok=True)
+  make_workdir(workdir)
 
   data = runs.load_data(config)
   logging.info("Data: %s from %s, examples %s", data.name, data.source, data.num_examples)
@@ -78,6 +77,59 @@ def run(config, workdir=None, method_name=None):
                              "'elbo_nats'")
   trainer = _Trainer(config, method, data, mesh, workdir, labeled)
   return trainer.train_and_evaluate(method_name)
+
+
+# What a resumed run may change: how long it runs, how often it logs, checkpoints and
+# evaluates, the evaluation itself, and where the same data set is found. Anything else
+# (the seed, the data, the batch, the method's section) would make the run a splice of two.
+RESUME_MAY_CHANGE = ("train.num_steps", "train.log_every", "train.eval_every",
+                     "train.ckpt_every", "train.tensorboard", "train.prefetch_steps", "eval.",
+                     "data.data_dir", "distributed")
+
+
+def check_resumed_config(stored, config, workdir):
+  """Refuses to resume ``workdir`` under a config that trains differently from the one it
+  was trained with (``stored``, its ``config.json``): the run would end where no
+  uninterrupted run ends, and ``config.json`` would record only the second half.
+
+  Raises:
+    ConfigError: naming every differing key (outside ``RESUME_MAY_CHANGE``) and both values.
+  """
+  old, new = _flat(stored), _flat(writers.as_json(config))
+  missing = "(absent)"
+  differing = sorted(key for key in set(old) | set(new)
+                     if old.get(key, missing) != new.get(key, missing)
+                     and not any(key == p or (p.endswith(".") and key.startswith(p))
+                                 for p in RESUME_MAY_CHANGE))
+  if differing:
+    changes = "; ".join(f"{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}"
+                        for key in differing)
+    raise guards.ConfigError(
+        f"{workdir} was trained under another config ({changes}): resume it with the values "
+        "of its config.json, or train into a fresh --workdir")
+
+
+def _flat(tree, prefix=""):
+  """``{'a': {'b': 1}}`` -> ``{'a.b': 1}``."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def make_workdir(workdir):
+  """Creates ``workdir`` (and its parents); a path that cannot be a writable folder is one
+  ``ConfigError`` before anything runs."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as error:
+    raise guards.ConfigError(f"workdir {workdir!r} cannot be created: "
+                             f"{error.strerror or error}") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise guards.ConfigError(f"workdir {workdir!r} is not writable")
 
 
 def default_workdir(method_name, dataset):
@@ -117,13 +169,15 @@ class _Trainer:
                            in_shardings=(self.state_sharding, self.block_sharding, self.replicated),
                            out_shardings=(self.state_sharding, self.replicated),
                            donate_argnums=0)
+    self.state_finite_fn = jax.jit(_all_finite)
     self.eval_fn = jax.jit(method.eval_step)
     self.log_lik_fn = jax.jit(method.log_likelihood, static_argnums=3)
     self.checkpointer = checkpoint.Checkpointer(workdir)
     self.writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
     metric = config.train.get("early_stopping", "")
-    fresh = self.checkpointer.latest_step() is None  # a run from step 0 forgets an old best
-    self.best = (BestState(workdir, metric, config_check.EARLY_STOPPING_METRICS[metric], fresh)
+    latest = self.checkpointer.latest_step()  # a run from step 0 forgets an old best
+    self.best = (BestState(workdir, metric, config_check.EARLY_STOPPING_METRICS[metric],
+                           fresh=latest is None, resumed_step=latest)
                  if metric else None)
 
   def _host_block(self, first_step, num_steps):
@@ -167,6 +221,9 @@ class _Trainer:
       first = parallel.shard_batch(_index_block(self._host_block(0, 1), 0), self.batch_sharding)
       return self.init_fn(self.init_key, first)
     logging.info("Resuming from the checkpoint at step %d in %s", latest, self.workdir)
+    if os.path.isfile(os.path.join(self.workdir, "config.json")):
+      check_resumed_config(runs.read_config(self.workdir).to_dict(), self.config.to_dict(),
+                           self.workdir)
     state = self.checkpointer.restore(self.abstract_state, latest)  # ConfigError: misfit
     # Only once the state is back: the rows past it (a resumed run writes them again) and
     # the test split's, which only the final evaluation writes.
@@ -185,6 +242,7 @@ class _Trainer:
     start_step = int(jax.device_get(state.step))
     progress = writers.ProgressLine(start_step, num_steps)
     history = []  # (step, device metrics) since the last flush
+    self.log_window = []  # (step, fetched metrics) since the last train row
     start_time = time.perf_counter()
     train_time = self.prior_train_seconds
     block, block_start = None, None
@@ -201,16 +259,26 @@ class _Trainer:
         continue
       self._flush(history, progress, step, train_time + time.perf_counter() - start_time)
       history = []
-      if step % config.train.eval_every == 0 or step == num_steps:
+      evaluate = step % config.train.eval_every == 0 or step == num_steps
+      save = step % config.train.ckpt_every == 0 or step == num_steps
+      if (evaluate or save) and not bool(self.state_finite_fn(state)):
+        self.writer.close()
+        raise guards.NonFiniteStateError(step, self.checkpointer.latest_step())
+      if evaluate:
         train_time += time.perf_counter() - start_time
         valid = self._evaluate(state.params, step, "valid", config.eval.valid_importance_samples)
+        bad = guards.first_non_finite([(step, valid)])
+        if bad is not None:  # finite parameters can still be far out (a step too large)
+          self.writer.close()
+          raise guards.NonFiniteStateError(step, self.checkpointer.latest_step(),
+                                           f"validation {bad[1]}={bad[2]}")
         if self.best is not None:
           self.best.update(state, step, valid)
         start_time = time.perf_counter()
         progress.restart(step)
       # After the validation: a run killed during it resumes before this step and validates
       # it again, so early stopping never skips a state.
-      if step % config.train.ckpt_every == 0 or step == num_steps:
+      if save:
         self.checkpointer.save(state)
     train_time += time.perf_counter() - start_time
     return self._final(state, method_name, train_time)
@@ -227,9 +295,11 @@ class _Trainer:
       # A checkpoint at s - 2 or before gave a finite loss at its next step.
       last_good = self.checkpointer.delete_from(bad[0] - 1)
       raise guards.NonFiniteLossError(*bad, last_checkpoint=last_good)
+    self.log_window.extend(fetched)  # a train row averages every step since the last row
     if step % self.config.train.log_every == 0 or step == self.config.train.num_steps:
-      names = fetched[-1][1].keys()
-      means = {k: float(np.mean([m[k] for _, m in fetched])) for k in names}
+      window, self.log_window = self.log_window, []
+      names = window[-1][1].keys()
+      means = {k: float(np.mean([m[k] for _, m in window])) for k in names}
       rate = progress.log(step, means)
       self.writer.write(step, "train", {**means, "steps_per_second": rate,
                                         "train_seconds": train_seconds})
@@ -397,19 +467,27 @@ class BestState:
   the resumed run validates that step again and finds the same state.
   """
 
-  def __init__(self, workdir, metric, lower_is_better, fresh=False):
+  def __init__(self, workdir, metric, lower_is_better, fresh=False, resumed_step=None):
     self.metric, self.lower_is_better = metric, lower_is_better
     self.path = os.path.join(workdir, "best.json")
     directory = os.path.join(workdir, "best")
+    stored = None if fresh or not os.path.exists(self.path) else runs.read_json(self.path)
+    if stored is not None and not isinstance(stored.get("step"), int):
+      raise guards.ConfigError(f"{self.path} names no step: it is damaged; delete it (and "
+                               f"{directory}) to compare from the resumed step")
+    if stored is not None and resumed_step is not None and stored["step"] > resumed_step:
+      # A best state validated after the resumed checkpoint belongs to a stretch of training
+      # this run replaces (a run stopped by a non-finite loss, resumed at a lower rate).
+      logging.warning("%s names step %d, after the resumed step %d: dropped", self.path,
+                      stored["step"], resumed_step)
+      stored, fresh = None, True
     if fresh:  # a run starting from step 0 must not compare with an earlier run's states
       shutil.rmtree(directory, ignore_errors=True)
       if os.path.exists(self.path):
         os.remove(self.path)
     self.checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=1, subdir="best")
     self.record = None  # {"step", "value"} of the best state so far
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        stored = json.load(f)
+    if stored is not None:
       if stored.get("metric") != metric:
         raise guards.ConfigError(
             f"{workdir} kept its best state by {stored.get('metric')!r}: resume it with "
@@ -448,6 +526,13 @@ class BestState:
 
   def close(self):
     self.checkpointer.close()
+
+
+def _all_finite(tree):
+  """Whether every floating-point leaf of ``tree`` is finite (one scalar bool)."""
+  leaves = [jax.numpy.all(jax.numpy.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)
+            if jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact)]
+  return jax.numpy.all(jax.numpy.stack(leaves)) if leaves else jax.numpy.bool_(True)
 
 
 def _index_block(block, index):

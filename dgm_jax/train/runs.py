@@ -24,8 +24,8 @@ from dgm_jax.models.base import DataSpec
 from dgm_jax.train import checkpoint, parallel
 from dgm_jax.train.guards import ConfigError
 
-__all__ = ["Run", "load_run", "read_config", "load_data", "data_spec", "abstract_state",
-           "images_evaluated", "check_same_images"]
+__all__ = ["Run", "load_run", "read_config", "read_json", "load_data", "data_spec",
+           "abstract_state", "images_evaluated", "check_same_images"]
 
 
 class Run(NamedTuple):
@@ -53,10 +53,10 @@ def read_config(workdir):
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise ConfigError(f"{workdir} holds no config.json: not the workdir of a run")
-  return ml_collections.ConfigDict(_read_json(path))
+  return ml_collections.ConfigDict(read_json(path))
 
 
-def _read_json(path):
+def read_json(path):
   """A JSON file the run wrote; a damaged one is a ConfigError naming it."""
   try:
     with open(path) as f:
@@ -110,7 +110,7 @@ def load_run(workdir, data=None, step=None):
   use_best = step is None and config.train.get("early_stopping", "") and os.path.exists(best)
   subdir = "best" if use_best else "checkpoints"
   if use_best:
-    step = _read_json(best).get("step")
+    step = read_json(best).get("step")
     if not isinstance(step, int):
       raise ConfigError(f"{best} names no step ({step!r}); it is damaged")
   checkpointer = checkpoint.Checkpointer(workdir, subdir=subdir)

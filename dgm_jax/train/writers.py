@@ -114,6 +114,12 @@ def write_json(path, obj):
   os.replace(tmp, path)
 
 
+def as_json(obj):
+  """``obj`` as ``write_json`` stores it and ``json.load`` reads it back (tuples become
+  lists, arrays lists), for comparing a config with a stored ``config.json``."""
+  return json.loads(json.dumps(obj, default=_json_default))
+
+
 def write_npz(path, arrays):
   """Writes a dict of arrays as ``.npz`` at exactly ``path``, atomically (as ``write_json``)."""
   tmp = path + ".tmp"

@@ -107,12 +107,21 @@ def test_marginal_variance_errors_match_direct_formulas():
   reference = rng.gamma(2.0, size=(3, 50, 2))
   mean = reference.mean(1, keepdims=True)
   half = np.sqrt(0.5) * (reference - mean) + mean  # same means, half the variances
-  report, variances = pfa_toy.marginal_variance_errors({"half": jnp.asarray(half)},
-                                                       jnp.asarray(reference))
+  # factor 0 at half its variance in every document, factor 1 at a quarter in document 0
+  # and twice it in the others: |r - 1| is 0.5 (x3), 0.75 and 1 (x2)
+  scale = np.sqrt(np.array([[0.5, 0.25], [0.5, 2.0], [0.5, 2.0]]))[:, None, :]
+  mixed = scale * (reference - mean) + mean
+  report, variances = pfa_toy.marginal_variance_errors(
+      {"half": jnp.asarray(half), "mixed": jnp.asarray(mixed)}, jnp.asarray(reference))
   np.testing.assert_allclose(variances["reference"], reference.var(1, ddof=1), rtol=1e-10)
   np.testing.assert_allclose([report["half"][k] for k in ("var_rel_error", "var_ratio",
                                                           "var_ratio_geomean", "mean_rel_error")],
                              [0.5, 0.5, 0.5, 0.0], atol=1e-10)
+  errors = np.array([0.5, 0.5, 0.5, 0.75, 1.0, 1.0])
+  np.testing.assert_allclose(
+      [report["mixed"][k] for k in ("var_rel_error", "var_rel_error_median",
+                                    "var_rel_error_max", "var_log_ratio_max")],
+      [errors.mean(), np.median(errors), 1.0, np.log(4.0)], rtol=1e-6)
 
 
 def test_smoke_launcher_writes_results_and_figure(tmp_path):
@@ -122,7 +131,8 @@ def test_smoke_launcher_writes_results_and_figure(tmp_path):
   results = json.loads((workdir / "results.json").read_text())
   assert (results["method"], results["dataset"], results["setting"]) == ("pfa_toy", "pfa", "toy")
   for name in ("gibbs", "stein", "vae"):
-    assert set(results[name]) == {"var_rel_error", "var_ratio", "var_ratio_geomean",
+    assert set(results[name]) == {"var_rel_error", "var_rel_error_median", "var_rel_error_max",
+                                  "var_log_ratio_max", "var_ratio", "var_ratio_geomean",
                                   "mean_rel_error"}
     assert all(np.isfinite(v) for v in results[name].values())
   assert results["num_gibbs_draws"] == 2 * 40 // 2  # two chains of 40 sweeps, every 2nd kept

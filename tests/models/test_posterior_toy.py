@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.stats
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
@@ -113,7 +114,9 @@ def test_smoke_launcher_writes_results_and_figure(tmp_path):
   assert (results["method"], results["dataset"], results["setting"]) == ("gmm_toy", "gmm", "paper")
   for name in ("exact", "stein", "vae"):
     assert set(results[name]) == {"mmd", "mode_weight_error", "min_mode_weight",
-                                  "mean_rel_error", "mean_error_in_std", "cov_rel_error"}
+                                  "mean_rel_error", "mean_rel_error_max", "mean_error_in_std",
+                                  "mean_error_whitened", "cov_rel_error", "cov_rel_error_max",
+                                  "cov_whitened_error", "cov_whitened_error_max"}
     assert all(np.isfinite(v) for v in results[name].values())
   assert len(results["exact_mode_weights"]) == results["num_examples"]["test"]
   assert (workdir / "samples" / "posterior.png").stat().st_size > 1000
@@ -161,3 +164,38 @@ def test_bad_run_ends_with_one_error_line(tmp_path, overrides, needles):
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "results.json").exists()
   assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def _samples_with_moments(rng, mean, cov, num):
+  """[num, D] points whose sample mean and (N - 1) sample covariance are exactly mean, cov."""
+  u = rng.standard_normal((num, mean.shape[0]))
+  u -= u.mean(axis=0)
+  u = u @ np.linalg.inv(np.linalg.cholesky(np.cov(u, rowvar=False))).T  # cov(u) = I
+  return mean + u @ np.linalg.cholesky(cov).T
+
+
+def test_evaluate_moment_errors_against_scipy():
+  rng = np.random.default_rng(0)
+  # one Gaussian as a mixture of two equal components; narrow along (1, 1), as in 'paper'
+  rotation = np.array([[1.0, 1.0], [1.0, -1.0]]) / np.sqrt(2.0)
+  exact_cov = rotation @ np.diag([0.001, 0.01]) @ rotation.T
+  exact_mean = np.array([3.0, -4.0])
+  posterior = (np.log(np.full((1, 2), 0.5)), np.broadcast_to(exact_mean, (1, 2, 2)),
+               np.broadcast_to(exact_cov, (1, 2, 2, 2)))
+  # the narrow direction's variance doubled, the mean off by one narrow std along it
+  sample_cov = rotation @ np.diag([0.002, 0.01]) @ rotation.T
+  error = np.sqrt(0.001) * rotation[:, 0]
+  samples = _samples_with_moments(rng, exact_mean + error, sample_cov, 4000)[None]
+  reference = _samples_with_moments(rng, exact_mean, exact_cov, 4000)[None]
+  report, _, _ = posterior_toy.evaluate({"q": jnp.asarray(samples, jnp.float32)},
+                                        jnp.asarray(reference, jnp.float32), posterior)
+  inv_sqrt = np.linalg.inv(scipy.linalg.sqrtm(exact_cov).real)
+  whitened = np.linalg.norm(inv_sqrt @ sample_cov @ inv_sqrt - np.eye(2)) / np.sqrt(2.0)
+  frobenius = np.linalg.norm(sample_cov - exact_cov) / np.linalg.norm(exact_cov)
+  q = report["q"]
+  np.testing.assert_allclose(q["cov_whitened_error"], whitened, rtol=1e-3)  # 1 / sqrt(2)
+  np.testing.assert_allclose(q["cov_whitened_error_max"], whitened, rtol=1e-3)
+  np.testing.assert_allclose(q["cov_rel_error"], frobenius, rtol=1e-3)  # only 0.0995
+  np.testing.assert_allclose(q["mean_error_whitened"], 1.0, rtol=1e-3)
+  np.testing.assert_allclose(q["mean_rel_error"], np.sqrt(0.001) / 5.0, rtol=1e-3)
+  np.testing.assert_allclose(q["mean_error_in_std"], np.sqrt(0.001 / 0.011), rtol=1e-3)
