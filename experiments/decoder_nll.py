@@ -155,7 +155,8 @@ def evaluate(workdir, num_examples, num_samples, seed, split="test", shape_examp
     if count >= num_examples:
       break
   per_image = {name: -np.concatenate(v).astype(np.float64) for name, v in log_likelihoods.items()}
-  result = {"workdir": workdir, "method": run.method.name, "steps": int(run.state.step),
+  result = {"workdir": workdir, "method": run.method.name, "data_source": data.source,
+            "steps": int(run.state.step),
             "split": split, "num_examples_evaluated": count, "nll_num_samples": num_samples,
             "nll_nats": float(np.mean(per_image["own"])),
             "nll_laplace_nats": float(np.mean(per_image["laplace"])),

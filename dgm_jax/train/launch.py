@@ -5,6 +5,7 @@ not split, a non-finite loss) end the process with one line on stderr and
 exit status 1 instead of a traceback.
 """
 
+import ast
 import os
 import sys
 
@@ -56,9 +57,22 @@ def run_main(main_fn):
     if started:
       raise
     overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
-    fail(f"could not apply the config overrides {overrides}: {type(error).__name__}: {error}. "
-          "An override must name an existing key of the config file (see configs/) "
-          "with a value of the key's type.")
+    fail(f"could not apply the config overrides {overrides}: {type(error).__name__}: "
+         f"{_one_line(error)}. An override must name an existing key of the config file "
+         "(see configs/) with a value of the key's type.")
+
+
+def _one_line(error):
+  """An exception's message on one line, without the quoting ``KeyError`` adds (ml_collections'
+  unknown-key errors carry a quoted key and a "Did you mean" line)."""
+  message = error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+  for _ in range(2):  # a repr of a KeyError's repr: unquote it (twice at most)
+    if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
+      try:
+        message = ast.literal_eval(message)
+      except (SyntaxError, ValueError):
+        break
+  return " ".join(message.split())
 
 
 def start_toy(config, argv, workdir, dataset, usage):
@@ -75,8 +89,11 @@ def start_toy(config, argv, workdir, dataset, usage):
     (workdir, data), with ``config.json`` written there. A bad argument or data
     set ends the process with one ``error:`` line.
   """
-  if len(argv) > 1 or config is None or config.data.name != dataset:
-    fail(f"pass {usage} (data.name {dataset!r}) and no other arguments; got {argv[1:]}")
+  if len(argv) > 1 or config is None:
+    fail(f"pass {usage} and no other arguments; got {argv[1:]}")
+  if config.data.name != dataset:
+    fail(f"ConfigError: data.name={config.data.name!r}: experiments.{dataset} runs the "
+         f"{dataset!r} toy only ({usage})")
   for key in ("num_steps", "log_every"):
     if not config.train[key] >= 1:
       fail(f"ConfigError: train.{key}={config.train[key]} must be at least 1")

@@ -449,12 +449,15 @@ class _Trainer:
     samples_dir = os.path.join(self.workdir, "samples")
     key = jax.random.fold_in(self.eval_key, 10**9 + step)
     samples = jax.jit(self.method.sample, static_argnums=2)(params, key, 64)
-    images.save_grid(os.path.join(samples_dir, f"samples_{step:08d}.png"), samples, 8)
+    primary = writers.is_primary()  # every process computes (a sharded state), one writes
+    if primary:
+      images.save_grid(os.path.join(samples_dir, f"samples_{step:08d}.png"), samples, 8)
     batch = next(pipeline.eval_batches(self.data, "test", 32))
     batch.pop("mask")
     recon = self.method.reconstruct(params, batch, key)
     pairs = np.stack([batch["x"], np.asarray(recon)], axis=1).reshape((-1,) + batch["x"].shape[1:])
-    images.save_grid(os.path.join(samples_dir, f"reconstructions_{step:08d}.png"), pairs, 8)
+    if primary:
+      images.save_grid(os.path.join(samples_dir, f"reconstructions_{step:08d}.png"), pairs, 8)
 
 
 class BestState:
@@ -481,7 +484,7 @@ class BestState:
       logging.warning("%s names step %d, after the resumed step %d: dropped", self.path,
                       stored["step"], resumed_step)
       stored, fresh = None, True
-    if fresh:  # a run starting from step 0 must not compare with an earlier run's states
+    if fresh and writers.is_primary():  # a run from step 0 must not compare with old states
       shutil.rmtree(directory, ignore_errors=True)
       if os.path.exists(self.path):
         os.remove(self.path)

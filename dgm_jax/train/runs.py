@@ -19,13 +19,13 @@ import ml_collections
 import numpy as np
 
 from dgm_jax import models
-from dgm_jax.data import registry
+from dgm_jax.data import paths, registry
 from dgm_jax.models.base import DataSpec
 from dgm_jax.train import checkpoint, parallel
 from dgm_jax.train.guards import ConfigError
 
 __all__ = ["Run", "load_run", "read_config", "read_json", "load_data", "data_spec",
-           "abstract_state", "images_evaluated", "check_same_images"]
+           "abstract_state", "images_evaluated", "check_same_images", "check_trained_data"]
 
 
 class Run(NamedTuple):
@@ -100,6 +100,7 @@ def load_run(workdir, data=None, step=None):
   """
   config = read_config(workdir)
   data = load_data(config) if data is None else data
+  check_trained_data(workdir, data)
   try:
     method = models.get_method(config.method)(config, data_spec(data))
   except ValueError as error:
@@ -124,6 +125,27 @@ def load_run(workdir, data=None, step=None):
   finally:
     checkpointer.close()
   return Run(workdir=workdir, config=config, method=method, state=state)
+
+
+def check_trained_data(workdir, data):
+  """Refuses ``data`` when the run's ``results.json`` records other split sizes: this
+  machine found another source of the data set (the 5,000 bundled digits where the run
+  trained on full MNIST, or the reverse), so its images are not the ones the run saw.
+  A run without ``results.json`` (not finished) is not checked.
+
+  Raises:
+    ConfigError: naming both sources.
+  """
+  path = os.path.join(workdir, "results.json")
+  if not os.path.isfile(path):
+    return
+  results = read_json(path)
+  trained = results.get("num_examples")
+  if trained is not None and trained != dict(data.num_examples):
+    raise ConfigError(
+        f"{workdir} trained on {results.get('data_source', '?')} ({trained}), but the data "
+        f"found now is {data.source} ({dict(data.num_examples)}): point data.data_dir in its "
+        f"config.json or ${paths.DATA_DIR_ENV} at the data it trained on")
 
 
 def abstract_state(method, config, data):

