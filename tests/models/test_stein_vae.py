@@ -1,10 +1,12 @@
 """Stein VAE pieces against analytic truths (chapter 4)."""
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.special
 import scipy.stats
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
@@ -267,6 +269,102 @@ def test_elbo_below_importance_sampled_bound():
   assert float(np.mean(log_px)) > float(np.mean(elbo))
 
 
+def test_decoder_samples_move_by_svgd_on_their_flattened_parameters_written_out():
+  """M_theta = 2 decoder samples (4.11): each moves along the SVGD direction of the
+  flattened parameters, with scores ``grad [N mean_n mean_j log p(x_n | z_jn, theta) +
+  log N(theta; 0, prior_std^2 I)]`` at this step's codes, written out in float64 numpy
+  (RBF kernel, the liu_wang median of all M_theta^2 squared distances over log(M_theta + 1));
+  and the step's loss averages log p(x | z) over the decoder samples (4.12). Nothing ran
+  this path before: flipping the sign of its direction passed every test."""
+  config = mnist.get_config("smoke")
+  section = config.stein_vae
+  section.update(num_particles=3, decoder_samples=2, prior_std=0.7, learning_rate=1e2,
+                 adam_eps=1e4)  # Adam's first step is then lr g / (|g| + eps), written out below
+  data = registry.load("digits")
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
+  method = stein_vae.make_method(config, spec)
+  batch = pipeline.get_batch(data, "train", 0, 8, 0)
+  state = method.init(jax.random.PRNGKey(0), batch)
+  key = jax.random.PRNGKey(1)
+  new_state, metrics = jax.jit(method.train_step)(state, batch, key)
+
+  encoder, decoder = stein_vae.make_nets(section, spec)
+  binarize_key, noise_key = jax.random.split(key)
+  x = transforms.dynamic_binarize(binarize_key, batch["x"].reshape(8, -1))
+  xi = jax.random.normal(noise_key, (3, section.latent_dim))
+  z = encoder.apply(state.params["encoder"], x[:, None], xi[None])
+  thetas = state.params["decoder"]
+  flat, unravel = jax.flatten_util.ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], thetas))
+  del flat
+  flats = np.stack([np.asarray(jax.flatten_util.ravel_pytree(
+      jax.tree_util.tree_map(lambda a, j=j: a[j], thetas))[0], np.float64) for j in range(2)])
+
+  def log_lik(flat_theta):  # [B, M] log p(x_n | z_jn, theta)
+    logits = decoder.apply(unravel(flat_theta), z)
+    return jnp.sum(x[:, None] * logits - jax.nn.softplus(logits), -1)
+
+  num_train = spec.num_train
+  scores = np.stack([np.asarray(jax.grad(lambda t: num_train * jnp.mean(log_lik(t)))(
+      jnp.asarray(flats[j], jnp.float32)), np.float64) - flats[j] / 0.7**2 for j in range(2)])
+  sq = np.sum((flats[:, None] - flats[None]) ** 2, -1)
+  bandwidth = np.median(sq) / np.log(3.0)
+  gram = np.exp(-sq / bandwidth)
+  phi = np.stack([np.mean([gram[j, i] * (scores[j] + 2.0 / bandwidth * (flats[i] - flats[j]))
+                           for j in range(2)], axis=0) for i in range(2)])
+  grads = -phi / num_train  # the descent direction Adam receives
+  expected = flats - 1e2 * grads / (np.abs(grads) + 1e4)
+  got = np.stack([np.asarray(jax.flatten_util.ravel_pytree(
+      jax.tree_util.tree_map(lambda a, j=j: a[j], new_state.params["decoder"]))[0])
+      for j in range(2)])
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+  assert np.max(np.abs(expected - flats)) > 1e-4  # the decoders did move
+  log_prior = np.sum(scipy.stats.norm.logpdf(np.asarray(z, np.float64)), -1)
+  log_px = np.mean([np.asarray(log_lik(jnp.asarray(flats[j], jnp.float32)), np.float64)
+                    for j in range(2)], axis=0)
+  np.testing.assert_allclose(float(metrics["loss"]), -np.mean(log_px + log_prior), rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["smoke", "smoke,location_scale"])
+def test_eval_elbo_is_the_change_of_variables_bound_written_out(variant):
+  """``elbo_nats`` of the eval step (4.5.2) against the bound written out in float64 numpy
+  and scipy for each example and draw: log Bern(x | sigmoid(decoder(z))) + log N(z; 0, I)
+  - [log N(xi; 0, I) - log|det dz/dxi|], the Jacobian by reverse mode, with the step's own
+  xi (``jax.random.normal(key, (B, S, D))``). Dropping log q, or its Jacobian term, or
+  mixing the sample and example axes, fails here (the test of L_K >= ELBO cannot see them)."""
+  config, data, method = smoke_method(variant)
+  num_draws = config.stein_vae.eval_elbo_samples = 6
+  method = stein_vae.make_method(config, DataSpec(shape=data.shape, kind=data.kind,
+                                                  num_train=data.num_examples["train"]))
+  batch = next(pipeline.eval_batches(data, "test", 4))
+  batch.pop("mask")
+  params = method.init(jax.random.PRNGKey(0), batch).params
+  if variant.endswith("location_scale"):  # noise weights start at 0: give them a value
+    params = jax.tree_util.tree_map(lambda a: a + 0.05, params)
+  key = jax.random.PRNGKey(3)
+  elbo = np.asarray(jax.jit(method.eval_step)(params, batch, key)["elbo_nats"])
+
+  encoder, decoder = stein_vae.make_nets(config.stein_vae, DataSpec(
+      shape=data.shape, kind=data.kind, num_train=1))
+  x = np.asarray(transforms.static_binarize(batch["x"].reshape(4, -1), batch["index"],
+                                            config.eval.binarization_seed), np.float64)
+  dim = config.stein_vae.latent_dim
+  xi = np.asarray(jax.random.normal(key, (4, num_draws, dim)), np.float64)
+  expected = np.zeros((4, num_draws))
+  for n in range(4):
+    for j in range(num_draws):
+      f = lambda e, n=n: encoder.apply(params["encoder"], jnp.asarray(x[n], jnp.float32), e)
+      noise = jnp.asarray(xi[n, j], jnp.float32)
+      z = np.asarray(f(noise), np.float64)
+      jacobian = np.asarray(jax.jacrev(f)(noise), np.float64)
+      logits = np.asarray(decoder.apply(params["decoder"], jnp.asarray(z, jnp.float32)),
+                          np.float64)
+      log_px = scipy.stats.bernoulli.logpmf(x[n], scipy.special.expit(logits)).sum()
+      log_pz = scipy.stats.norm.logpdf(z).sum()
+      log_q = scipy.stats.norm.logpdf(xi[n, j]).sum() - np.linalg.slogdet(jacobian)[1]
+      expected[n, j] = log_px + log_pz - log_q
+  np.testing.assert_allclose(elbo, expected.mean(axis=1), rtol=1e-5, atol=1e-3)
+
+
 @given(hnp.arrays(np.float64, (6, 3), elements=finite(-2.0, 2.0)),
        hnp.arrays(np.float64, (6,), elements=finite(-3.0, 3.0)),
        hnp.arrays(np.float64, (3,), elements=finite(-2.0, 2.0)))
@@ -306,7 +404,11 @@ def test_gauss_newton_precision_of_a_linear_decoder_is_the_exact_hessian(weights
       dict(importance_weighted=True, fit_metric="precision", entropy_weight=1.0,
            entropy_particles=4, entropy_weights="importance", encoder_output="location_scale")),
      (1, 0, 1.0, "rbf", "none", 0, 0.0,
-      dict(importance_weighted=True, entropy_weight=0.5, entropy_particles=2))])
+      dict(importance_weighted=True, entropy_weight=0.5, entropy_particles=2)),
+     (1, 0, 1.0, "rbf", "none", 0, 0.0, dict(bandwidth_convention="median")),
+     (2, 0, 1.0, "rbf", "gauss_newton", 0, 0.0,  # :entropy,location_scale (its bandwidth)
+      dict(fit_metric="precision", entropy_weight=1.0, entropy_particles=4,
+           encoder_output="location_scale", bandwidth_convention="median"))])
 def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha, kernel,
                                                      preconditioner, fit_particles, dropout_rate,
                                                      extra):
