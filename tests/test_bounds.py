@@ -105,6 +105,18 @@ class TestImportanceWeightedKL:
     assert kl10 >= -4 * se10
 
 
+  def test_log_normalizer_of_an_unnormalized_target(self):
+    """p~ = Z N(0, 1) with log Z = 3 passed as ``log_normalizer``: the estimate is KL(q||p)
+    again; without it (or with its sign flipped) it would be off by 3 (or 6)."""
+    mean, log_std = 0.5, -0.3
+    analytic = 0.5 * (np.exp(2 * log_std) + mean**2 - 1.0) - log_std
+    z = mean + np.exp(log_std) * jax.random.normal(jax.random.PRNGKey(4), (1, 20000))
+    draws = np.asarray(bounds.importance_weighted_kl(
+        lk.gaussian_log_prob(z, 0.0, 0.0) + 3.0, lk.gaussian_log_prob(z, mean, 2 * log_std),
+        log_normalizer=3.0))
+    assert abs(draws.mean() - analytic) <= 4 * draws.std() / np.sqrt(draws.size) + 1e-9
+
+
 def test_jit_equals_eager():
   log_w = jax.random.normal(jax.random.PRNGKey(0), (5, 3)) * 30
   for fn in (bounds.iwae_bound, bounds.normalized_weights, bounds.effective_sample_size):

@@ -285,6 +285,22 @@ class TestRelaxedMap:
     np.testing.assert_allclose(quadratic_hard, straight_through, rtol=1e-12,
                                atol=1e-12)
 
+  def test_argmax_follows_the_softmax_and_two_slots_are_logistic(self):
+    """The Gumbel-max property: argmax of a relaxed map is a draw of softmax(logits) at any
+    temperature (chi-square over 20,000 draws); with two slots T logit(soft_0) - (l_0 - l_1)
+    is a standard logistic draw (Kolmogorov-Smirnov). Without the Gumbel noise both fail."""
+    logits = jnp.array([1.0, 0.0, -0.5, 2.0])
+    keys = jax.random.split(jax.random.key(3), 20_000)
+    hard = jax.vmap(lambda k: unpooling.relaxed_map(k, logits, 0.7, hard=True))(keys)
+    counts = np.asarray(hard).sum(axis=0)
+    expected = 20_000 * np.asarray(jax.nn.softmax(logits))
+    assert scipy.stats.chisquare(counts, expected).pvalue > 1e-3, (counts, expected)
+    pair = jnp.array([0.8, -0.4])
+    soft = jax.vmap(lambda k: unpooling.relaxed_map(k, pair, 0.5))(keys[:5000])
+    soft0 = np.asarray(soft[:, 0], np.float64)
+    noise = 0.5 * np.log(soft0 / (1.0 - soft0)) - 1.2
+    assert scipy.stats.kstest(noise, "logistic").pvalue > 1e-3
+
   def test_jit_equals_eager(self):
     logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5)))
     key = jax.random.key(1)

@@ -146,10 +146,15 @@ def test_planar_flow_inverse_recovers_inputs_and_inverse_jacobian():
   inverse = lambda v: flows.planar_flow_stack_inverse(v, params)
   jac_forward = jax.jacfwd(forward)(z_0[0])
   np.testing.assert_allclose(jax.jacrev(inverse)(z_k[0]), np.linalg.inv(jac_forward), atol=1e-8)
-  # Gradients wrt the flow parameters: d z_0 / d params from the identity stack(inverse(y)) = y.
-  grad_b = jax.jacrev(lambda p: flows.planar_flow_stack_inverse(z_k[0], p))(params)["b"]
-  grad_b_forward = jax.jacfwd(lambda p: flows.planar_flow_stack(z_0[0], p)[0])(params)["b"]
-  np.testing.assert_allclose(grad_b, -np.linalg.solve(jac_forward, grad_b_forward), atol=1e-8)
+  # Gradients wrt every flow parameter (u, w and b): d z_0 / d params from the identity
+  # stack(inverse(y)) = y, i.e. -J^-1 d stack / d params (only b's was checked, and a
+  # Newton step that stopped the gradient through u and w was off by up to 0.99).
+  inverse_grads = jax.jacrev(lambda p: flows.planar_flow_stack_inverse(z_k[0], p))(params)
+  forward_grads = jax.jacfwd(lambda p: flows.planar_flow_stack(z_0[0], p)[0])(params)
+  for name in ("u", "w", "b"):
+    want = -np.linalg.solve(jac_forward, forward_grads[name].reshape(3, -1))
+    np.testing.assert_allclose(inverse_grads[name].reshape(3, -1), want, atol=1e-8,
+                               err_msg=name)
 
 
 def _digits_method(method_name, variant="full", config_arg="smoke", **overrides):
