@@ -28,7 +28,8 @@ from dgm_jax.data import pipeline
 from dgm_jax.eval import classifier, images, nll, scores
 from dgm_jax.train import checkpoint, config_check, guards, parallel, runs, writers
 
-__all__ = ["run", "default_workdir", "make_workdir", "BestState", "check_resumed_config"]
+__all__ = ["run", "default_workdir", "make_workdir", "BestState", "check_resumed_config",
+           "limited_eval_batches"]
 
 _TRAIN_SALT, _EVAL_SALT = 0, 1
 
@@ -170,8 +171,12 @@ class _Trainer:
                            out_shardings=(self.state_sharding, self.replicated),
                            donate_argnums=0)
     self.state_finite_fn = jax.jit(_all_finite)
-    self.eval_fn = jax.jit(method.eval_step)
-    self.log_lik_fn = jax.jit(method.log_likelihood, static_argnums=3)
+    # Evaluation is data parallel too: the batch split over the devices, params and key
+    # replicated (jit's semantics are global, so the draws are those of one device).
+    eval_shardings = (self.replicated, self.batch_sharding, self.replicated)
+    self.eval_fn = jax.jit(method.eval_step, in_shardings=eval_shardings)
+    self.log_lik_fn = jax.jit(method.log_likelihood, static_argnums=3,
+                              in_shardings=eval_shardings)
     self.checkpointer = checkpoint.Checkpointer(workdir)
     self.writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
     metric = config.train.get("early_stopping", "")
@@ -304,6 +309,11 @@ class _Trainer:
       self.writer.write(step, "train", {**means, "steps_per_second": rate,
                                         "train_seconds": train_seconds})
 
+  def _batches(self, split):
+    """``limited_eval_batches`` of a split under ``eval.max_<split>_examples``."""
+    return limited_eval_batches(self.data, split, self.config.eval.batch_size,
+                                self.config.eval.get(f"max_{split}_examples", 0))
+
   def _evaluate(self, params, step, split, num_importance_samples):
     """Mean per-example metrics (and NLL when asked) over a whole split."""
     key = jax.random.fold_in(self.eval_key, step)
@@ -315,10 +325,7 @@ class _Trainer:
     if limit:
       total = min(total, limit)
     progress = writers.ProgressLine(0, total, unit="examples", every_s=60.0)
-    for i, batch in enumerate(pipeline.eval_batches(self.data, split, self.config.eval.batch_size)):
-      mask = batch.pop("mask")
-      if limit:  # cut the last batch at exactly ``limit`` examples
-        mask = mask & (np.cumsum(mask) + count <= limit)
+    for i, batch, mask in self._batches(split):
       batch_key = jax.random.fold_in(key, i)
       per_example = dict(self.eval_fn(params, batch, batch_key))
       if num_importance_samples:
@@ -327,8 +334,6 @@ class _Trainer:
         sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values)[mask]))
       count += int(mask.sum())
       progress.maybe_log(count, f"{split} evaluation (K={num_importance_samples})")
-      if 0 < limit <= count:
-        break
     metrics = {name: total / count for name, total in sums.items()}
     metrics["num_examples_evaluated"] = count
     if num_importance_samples:
@@ -352,9 +357,10 @@ class _Trainer:
     scorer = self._resolve_classifier()  # before the long test NLL: a bad spec fails fast
     metrics = self._evaluate(params, step, "test", config.eval.num_importance_samples)
     metrics = {**self._sample_scores(params, step, scorer, metrics), **metrics}
-    if self.method.encoder_mean is not None:
-      means = [np.asarray(self.method.encoder_mean(params, b))[b["mask"]]
-               for b in pipeline.eval_batches(data, "test", config.eval.batch_size)]
+    if self.method.encoder_mean is not None:  # over the test examples the NLL saw
+      encoder_mean = jax.jit(self.method.encoder_mean)
+      means = [np.asarray(encoder_mean(params, batch))[mask]
+               for _, batch, mask in self._batches("test")]
       metrics["active_units"] = scores.active_units(np.concatenate(means))
     if (data.num_levels == 256 and "nll_nats" in metrics  # 8-bit pixels modeled discretely
         and config[method_name].get("likelihood", "").startswith("discretized")):
@@ -400,7 +406,8 @@ class _Trainer:
   def _sample_scores(self, params, step, scorer, metrics):
     """Section 5.3's scores of image data sets (``dgm_jax.eval.classifier``); {} otherwise.
 
-    ``rmse``: mean per-example RMSE of the test reconstructions against the
+    ``rmse``: mean per-example RMSE of the test reconstructions (of the test examples the
+    NLL saw, ``eval.max_test_examples``) against the
     test images in [0, 1] (unless the method's eval step reports it). With a
     classifier also ``classifier_score`` (the inception score's formula) of
     ``eval.num_score_samples`` samples drawn in chunks of ``eval.batch_size``,
@@ -417,8 +424,7 @@ class _Trainer:
     out = {}
     if "rmse" not in metrics:
       reconstruct, per_example = jax.jit(self.method.reconstruct), []
-      for i, batch in enumerate(pipeline.eval_batches(data, "test", config.eval.batch_size)):
-        mask = batch.pop("mask")
+      for i, batch, mask in self._batches("test"):  # the test examples the NLL saw
         recon = reconstruct(params, batch, jax.random.fold_in(recon_key, i))
         per_example.append(np.asarray(classifier.rmse(batch["x"], recon, per_example=True))[mask])
       out["rmse"] = float(np.mean(np.concatenate(per_example), dtype=np.float64))
@@ -529,6 +535,21 @@ class BestState:
 
   def close(self):
     self.checkpointer.close()
+
+
+def limited_eval_batches(data, split, batch_size, limit=0):
+  """``(index, batch, mask)`` over the first ``limit`` examples of a split (0: all of them),
+  in ``pipeline.eval_batches``' padded batches; ``mask`` marks the real examples within the
+  limit. The test NLL, RMSE and active units all read the same examples."""
+  count = 0
+  for i, batch in enumerate(pipeline.eval_batches(data, split, batch_size)):
+    mask = batch.pop("mask")
+    if limit:  # cut the last batch at exactly ``limit`` examples
+      mask = mask & (np.cumsum(mask) + count <= limit)
+    count += int(mask.sum())
+    yield i, batch, mask
+    if 0 < limit <= count:
+      return
 
 
 def _all_finite(tree):

@@ -146,3 +146,14 @@ def test_a_misspelled_key_and_a_toy_on_another_data_set_are_clean_error_lines(tm
   code, err = launch(["--config=configs/gmm.py:smoke", f"--workdir={tmp_path}",
                       "--config.data.name=mnsit"], "gmm")
   error_line(code, err, "data.name='mnsit'", "'gmm' toy")
+
+
+@pytest.mark.parametrize("limit,expected", [(0, 1000), (25, 25), (30, 30), (1, 1)])
+def test_limited_eval_batches_mark_exactly_the_first_examples(limit, expected):
+  """The test NLL, RMSE and active units read the same first ``eval.max_test_examples``
+  images (RMSE and active units used to read the whole split)."""
+  from dgm_jax.data import registry  # pylint: disable=import-outside-toplevel
+  data = registry.load("digits")
+  indices = np.concatenate([np.asarray(batch["index"])[mask] for _, batch, mask in
+                            loop.limited_eval_batches(data, "test", 10, limit)])
+  np.testing.assert_array_equal(indices, np.arange(min(expected, data.num_examples["test"])))
