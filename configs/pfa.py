@@ -30,9 +30,9 @@ def get_config(arg=None):
   # The dissertation's recognition model is an MLP with 100 hidden units and M = 100 particles
   # (4.5). One layer of 256 ReLU units on x / (4 std(x_train)), minibatches of 32, K = 4
   # fitting steps, Adam from 5e-3 decaying to 1e-4 and SVGD steps of 0.02 in u = log z fit the
-  # toy's posteriors in 3,000 iterations on one CPU core (about a minute). With the inputs
-  # log(1 + x) or x / std the posterior means were about 1.5x further off, and smaller SVGD
-  # steps leave the particles over-dispersed after 3,000 iterations.
+  # toy's posteriors in 3,000 iterations on one CPU core (about a minute and a half). With the
+  # inputs log(1 + x) or x / std the posterior means were about 1.5x further off, and smaller
+  # SVGD steps leave the particles over-dispersed after 3,000 iterations.
   config.stein_vae = ml_collections.ConfigDict(dict(
       encoder_hidden=(256,), activation="relu", input_scale=4.0, num_particles=100,
       encoder_steps=4, svgd_step_size=2e-2, bandwidth_convention="median",

@@ -27,7 +27,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: a new f
 def main(argv):
   config = _CONFIG.value
   workdir, data = launch.start_toy(config, argv, _WORKDIR.value, "gmm",
-                                   "--config=configs/gmm.py[:bimodal|:smoke]")
+                                   "--config=configs/gmm.py[:paper|:bimodal[,shifted]|:smoke]")
   toy, stein, vae = toy_lib.toy_from_dataset(data), config.stein_vae, config.vae
   train_key, vae_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   start, steps = time.perf_counter(), config.train.num_steps
