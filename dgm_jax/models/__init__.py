@@ -1,4 +1,5 @@
-"""Methods: each is an init function plus pure train/eval functions (chapters 3-5).
+"""Methods: each is an init function plus pure train/eval functions (chapters 4-5; chapter 3's
+DGDN is not built yet).
 
 ``get_method(name)`` returns the factory ``make_method(config, spec)`` of a
 method; the training loop only talks to the ``Method`` interface in ``base``.

@@ -1,12 +1,14 @@
 """The generic training loop: data -> jitted, sharded step -> metrics, checkpoints, eval.
 
-Every method of chapters 3-5 runs through :func:`run`. The step is
-``step(state, batch, key)``; its key is ``fold_in(PRNGKey(seed), state.step)``,
-derived inside the jitted function, so a resumed run replays the same random
-stream and, with the stateless data pipeline, ends bit-for-bit where an
-uninterrupted run ends. The state is replicated and the batch split over a
-``data`` mesh axis. Non-finite metrics stop the run with the step number
-before any checkpoint of a bad state is written.
+Every method of chapters 4-5 runs through :func:`run`. The step is
+``step(state, batch, key)``; its key is ``fold_in(train_key, state.step)`` (``train_key``
+split from ``PRNGKey(seed)``), derived inside the jitted function, so a resumed run
+replays the same random stream and, with the stateless data pipeline, ends bit-for-bit
+where an uninterrupted run ends; a resume under a config that trains differently is
+refused (``check_resumed_config``). The state is replicated and the batch split over a
+``data`` mesh axis, in training and evaluation. Non-finite metrics, parameters or
+validation figures stop the run with the step number before any checkpoint of a bad
+state is written. In a multi-process run only process 0 writes files.
 
 Early stopping (``train.early_stopping``, section 4.5: "early stopping on
 validation sets"): every validation keeps the best state so far by the named
@@ -181,6 +183,9 @@ class _Trainer:
     self.writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
     metric = config.train.get("early_stopping", "")
     latest = self.checkpointer.latest_step()  # a run from step 0 forgets an old best
+    if latest is not None and os.path.isfile(os.path.join(workdir, "config.json")):
+      # Before anything in the workdir changes (early stopping's record included).
+      check_resumed_config(runs.read_config(workdir).to_dict(), config.to_dict(), workdir)
     self.best = (BestState(workdir, metric, config_check.EARLY_STOPPING_METRICS[metric],
                            fresh=latest is None, resumed_step=latest)
                  if metric else None)
@@ -226,9 +231,6 @@ class _Trainer:
       first = parallel.shard_batch(_index_block(self._host_block(0, 1), 0), self.batch_sharding)
       return self.init_fn(self.init_key, first)
     logging.info("Resuming from the checkpoint at step %d in %s", latest, self.workdir)
-    if os.path.isfile(os.path.join(self.workdir, "config.json")):
-      check_resumed_config(runs.read_config(self.workdir).to_dict(), self.config.to_dict(),
-                           self.workdir)
     state = self.checkpointer.restore(self.abstract_state, latest)  # ConfigError: misfit
     # Only once the state is back: the rows past it (a resumed run writes them again) and
     # the test split's, which only the final evaluation writes.
