@@ -410,7 +410,8 @@ def _whitened(exact_cov, mean_error, sample_cov):
   inverse square root from its eigendecomposition)."""
   eigenvalues, eigenvectors = jnp.linalg.eigh(exact_cov)
   inv_sqrt = (eigenvectors / jnp.sqrt(eigenvalues)) @ eigenvectors.T
-  relative = inv_sqrt @ sample_cov @ inv_sqrt - jnp.eye(exact_cov.shape[-1], dtype=exact_cov.dtype)
+  identity = jnp.eye(exact_cov.shape[-1], dtype=exact_cov.dtype)
+  relative = inv_sqrt @ sample_cov @ inv_sqrt - identity
   return (jnp.linalg.norm(inv_sqrt @ mean_error),
           jnp.linalg.norm(relative) / jnp.sqrt(exact_cov.shape[-1]))
 
