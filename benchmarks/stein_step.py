@@ -22,7 +22,7 @@ RBF rows without a preconditioner, whose only loop is the bandwidth's median. Th
 
   python benchmarks/stein_step.py [--particles 10,20,50,100 --batch 64 --repeats 10
                                    --subsets 0:0,10:0,1:10 --kernels rbf,coordinatewise
-                                   --preconditioners none,gauss_newton]
+                                   --preconditioners none,gauss_newton --svgd-no-processes]
 """
 
 import argparse
@@ -123,6 +123,8 @@ def main():
   parser.add_argument("--svgd-iters", type=int, default=2000)
   parser.add_argument("--no-numpyro", action="store_true",
                       help="skip the comparison with numpyro's SVGD")
+  parser.add_argument("--svgd-no-processes", action="store_true",
+                      help="skip the comparison's whole-run-as-a-process timings")
   args = parser.parse_args()
   rows = []
   subsets = [tuple(map(int, pair.split(":"))) for pair in args.subsets.split(",")]
@@ -153,7 +155,8 @@ def main():
                    "step_over_scores_flops": round(flops_ratio, 3)})
   comparison = None
   if not args.no_numpyro:
-    comparison = svgd_gmm.compare(args.svgd_particles, args.svgd_iters)
+    comparison = svgd_gmm.compare(args.svgd_particles, args.svgd_iters,
+                                  processes=not args.svgd_no_processes)
   print(json.dumps({"benchmark": "stein_step", "batch": args.batch, "rows": rows,
                     "svgd_vs_numpyro": comparison,
                     "backend": jax.default_backend(), "jax": jax.__version__,

@@ -238,6 +238,7 @@ def main(argv):
   workdir = os.path.abspath(_WORKDIR.value or os.path.join(
       "runs", f"sweep_{_EXPERIMENT.value}_{time.strftime('%Y%m%d-%H%M%S')}"))
   executor = None if kind == "local" else _make_executor(kind, workdir)
+  _claim_workdir(workdir, {"experiment": _EXPERIMENT.value, "config": _CONFIG.value})
   distributed = executor is not None and _NODES.value * _TASKS_PER_NODE.value > 1
   commands = {point.name: launcher_command(_EXPERIMENT.value, _CONFIG.value,
                                            os.path.join(workdir, point.name), point.overrides,
@@ -419,6 +420,28 @@ def _last_line(text):
   lines = [line.strip() for line in text.splitlines() if line.strip()]
   errors = [line for line in lines if line.startswith("error:")]
   return (errors or lines or ["(no output)"])[-1]
+
+
+def _claim_workdir(workdir, spec):
+  """Records the sweep's experiment and config file in ``<workdir>/sweep.json``, or stops if
+  the workdir holds another sweep's: its points' ``results.json`` would be skipped as done
+  and tabulated as this sweep's. A rerun of the same sweep (more grid points included)
+  goes on."""
+  path = os.path.join(workdir, "sweep.json")
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        stored = json.load(f)
+    except (OSError, ValueError) as error:
+      _fail(f"{path} cannot be read ({error}); delete it or use another --workdir")
+    if stored != spec:
+      _fail(f"{workdir} holds a sweep of --experiment={stored.get('experiment')} "
+            f"--config={stored.get('config')}, not --experiment={spec['experiment']} "
+            f"--config={spec['config']}: its points would be skipped as done; use another "
+            "--workdir")
+    return
+  os.makedirs(workdir, exist_ok=True)
+  _write_json(path, spec)
 
 
 def _write_json(path, obj):

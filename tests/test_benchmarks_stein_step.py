@@ -22,8 +22,10 @@ def test_tiny_run_prints_one_json_line(tmp_path):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)
   env.update({"JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO})
+  # The comparison's fresh-process timings (numpyro's import and compile, about a minute
+  # here) are left out; tests/test_benchmarks_svgd_gmm.py times our process.
   cmd = [sys.executable, SCRIPT, "--particles", "4", "--batch", "4", "--repeats", "1",
-         "--svgd-particles", "16", "--svgd-iters", "30"]
+         "--svgd-particles", "16", "--svgd-iters", "30", "--svgd-no-processes"]
   if not HAS_NUMPYRO:
     cmd.append("--no-numpyro")
   proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True,
@@ -57,11 +59,9 @@ def test_tiny_run_prints_one_json_line(tmp_path):
   assert comparison["max_particle_diff"] < 1e-3, comparison
   assert math.isclose(comparison["ours_mmd"], comparison["numpyro_mmd"], abs_tol=1e-4)
   assert comparison["mode_weights"] == [0.5, 0.5]
-  for key in ("ours_ms_per_iter", "numpyro_ms_per_iter", "ours_process_s",
-              "numpyro_run_process_s"):
+  for key in ("ours_ms_per_iter", "numpyro_ms_per_iter"):
     assert comparison[key] > 0, key
-  for key in ("ours_process_mmd", "numpyro_run_process_mmd"):
-    assert math.isfinite(comparison[key]), key
+  assert "ours_process_s" not in comparison
 
 
 def test_compiled_flops_counts_a_matmul_as_2mnk():

@@ -44,3 +44,16 @@ def test_mmd_separates_exact_draws_from_collapsed_and_overdispersed_particles(sv
   for name, particles in (("collapsed", collapsed), ("twice as wide", wide)):
     value = svgd_gmm._mmd(particles, exact, mixture)  # pylint: disable=protected-access
     assert value > 0.02 and value > 5 * abs(floor), (name, value, floor)
+
+
+def test_our_whole_run_as_a_fresh_process_ends_where_the_jitted_loop_ends(svgd_gmm):
+  """The timed process gets the target from the parent and runs the same jitted loop."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  log_density, sample, mixture, _ = svgd_gmm.target()
+  exact = sample(jax.random.PRNGKey(7), 500)
+  args = argparse.Namespace(particles=16, iters=30, step_size=1.0)
+  # pylint: disable=protected-access
+  wall, mmd = svgd_gmm._time_process("ours", args, exact, mixture)
+  z = svgd_gmm.ours_runner(log_density, 1.0, 30)(svgd_gmm.initial_particles(16))
+  assert wall > 0
+  assert mmd == pytest.approx(svgd_gmm._mmd(z, exact, mixture), abs=1e-5)

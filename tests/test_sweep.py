@@ -179,6 +179,8 @@ def test_local_sweep_runs_every_point_through_the_launcher(local_sweep):
     assert cells[5] == f"{results['nll_nats']:.2f}"
     config = json.load(open(os.path.join(workdir, name, "config.json")))
     assert config["seed"] == int(name[-1])
+  assert json.load(open(os.path.join(workdir, "sweep.json"))) == {"experiment": "vae",
+                                                                  "config": SMOKE.split("=")[1]}
   summary = json.load(open(os.path.join(workdir, "sweep_results.json")))
   assert [(s["point"], s["overrides"], s["status"]) for s in summary] == [
       ("seed=0", {"seed": 0}, "ran"), ("seed=1", {"seed": 1}, "ran")]
@@ -231,6 +233,19 @@ def test_failed_point_is_reported_and_fails_the_sweep(tmp_path):
   (record,) = json.load(open(os.path.join(workdir, "sweep_results.json")))
   assert record["returncode"] == 1 and record["results"] is None
   assert record["error"].startswith("error: ConfigError")
+
+
+def test_a_workdir_of_another_sweep_is_refused(tmp_path):
+  """Its points' results.json would have been skipped as done and tabulated as this sweep's."""
+  workdir = tmp_path / "sweep"
+  workdir.mkdir()
+  (workdir / "sweep.json").write_text(json.dumps({"experiment": "stein_vae",
+                                                  "config": "configs/mnist.py:smoke"}))
+  code, out, err = run_sweep(SMOKE, "--grid=seed=0", f"--workdir={workdir}", timeout=60)
+  assert code == 1, out + err[-3000:]
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and "holds a sweep of --experiment=stein_vae" in lines[0], err
+  assert sorted(os.listdir(workdir)) == ["sweep.json"]
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -142,7 +142,7 @@ def test_smoke_launcher_writes_results_and_figure(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--config.data.name=gmm"], "data.name 'pfa'"),
+    (["--config.data.name=gmm"], "'pfa' toy only"),
     (["extra"], "'extra'"),
     (["--config.data.options.setting=huge"], "unknown pfa setting 'huge'"),
     (["--config.stein_vae.no_such_key=1"], "no_such_key"),

@@ -405,7 +405,6 @@ def test_gauss_newton_precision_of_a_linear_decoder_is_the_exact_hessian(weights
            entropy_particles=4, entropy_weights="importance", encoder_output="location_scale")),
      (1, 0, 1.0, "rbf", "none", 0, 0.0,
       dict(importance_weighted=True, entropy_weight=0.5, entropy_particles=2)),
-     (1, 0, 1.0, "rbf", "none", 0, 0.0, dict(bandwidth_convention="median")),
      (2, 0, 1.0, "rbf", "gauss_newton", 0, 0.0,  # :entropy,location_scale (its bandwidth)
       dict(fit_metric="precision", entropy_weight=1.0, entropy_particles=4,
            encoder_output="location_scale", bandwidth_convention="median"))])

@@ -136,9 +136,10 @@ RESUME_ARGS = ["--config.train.num_steps=600",
                "--config.train.log_every=50"]
 
 
+# ALI (experiments.ali) shares the AS-VAE's module and state layout; its own resume run was
+# left out to keep the suite under 25 minutes on 2 cores.
 @pytest.mark.parametrize("experiment,variant", [("vae", "smoke"), ("stein_vae", "smoke"),
-                                                ("asvae", "smoke"), ("ali", "smoke"),
-                                                ("vae", "smoke,semi")])
+                                                ("asvae", "smoke"), ("vae", "smoke,semi")])
 def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path, experiment, variant):
   """Also for a semi-supervised run, whose labeled batches come from their own stream."""
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
