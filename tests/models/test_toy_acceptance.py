@@ -1,8 +1,8 @@
 """The 2-D toys of section 4.5.1 meet the issue's acceptance on their real configs.
 
 Each test runs one experiment through its launcher with the config a user runs
-(``configs/gmm.py``, ``configs/gmm.py:bimodal``, ``configs/pfa.py``; about a minute and a
-half each on one core) and reads the thresholds off ``results.json``:
+(``configs/gmm.py``, ``configs/gmm.py:bimodal``, ``configs/pfa.py``; 1.5 to 3 minutes each
+on one core) and reads the thresholds off ``results.json``:
 
 - bimodal GMM: the Stein samples' mode weights within 0.05 of the exact ones on average
   over the test points, and an MMD to exact samples at most half the Gaussian VAE's;
