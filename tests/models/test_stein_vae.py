@@ -77,18 +77,33 @@ def test_change_of_variables_density_of_a_linear_map_is_exact(matrix, offset, xi
   np.testing.assert_allclose(log_q, expected, rtol=1e-9)
 
 
-def smoke_method(variant):
-  config = mnist.get_config(variant)
+def digits_method(config):
+  """``(data, spec, method)``: the Stein VAE of ``config`` on the bundled digits."""
   data = registry.load("digits")
   spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
-  return config, data, stein_vae.make_method(config, spec)
+  return data, spec, stein_vae.make_method(config, spec)
+
+
+def smoke_method(variant):
+  config = mnist.get_config(variant)
+  data, _, method = digits_method(config)
+  return config, data, method
+
+
+def digits_step(config):
+  """One jitted train step of ``config``'s method from its initial state on the first 8
+  digits, with key ``PRNGKey(1)``: ``(spec, batch, state, key, new_state, metrics)``."""
+  data, spec, method = digits_method(config)
+  batch = pipeline.get_batch(data, "train", 0, 8, 0)
+  state = method.init(jax.random.PRNGKey(0), batch)
+  key = jax.random.PRNGKey(1)
+  new_state, metrics = jax.jit(method.train_step)(state, batch, key)
+  return spec, batch, state, key, new_state, metrics
 
 
 def test_viwae_step_reports_normalized_weights_effective_sample_size():
-  config, data, method = smoke_method("smoke,viwae")
-  batch = pipeline.get_batch(data, "train", 0, 8, 0)
-  state = method.init(jax.random.PRNGKey(0), batch)
-  new_state, metrics = jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(1))
+  config = mnist.get_config("smoke,viwae")
+  *_, new_state, metrics = digits_step(config)
   assert all(np.isfinite(float(v)) for v in metrics.values())
   # Kish's ESS of normalized weights lies in [1, M]; it is exactly M only for uniform weights.
   assert 1.0 - 1e-9 <= float(metrics["effective_sample_size"]) < config.stein_vae.num_particles
@@ -280,13 +295,7 @@ def test_decoder_samples_move_by_svgd_on_their_flattened_parameters_written_out(
   section = config.stein_vae
   section.update(num_particles=3, decoder_samples=2, prior_std=0.7, learning_rate=1e2,
                  adam_eps=1e4)  # Adam's first step is then lr g / (|g| + eps), written out below
-  data = registry.load("digits")
-  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
-  method = stein_vae.make_method(config, spec)
-  batch = pipeline.get_batch(data, "train", 0, 8, 0)
-  state = method.init(jax.random.PRNGKey(0), batch)
-  key = jax.random.PRNGKey(1)
-  new_state, metrics = jax.jit(method.train_step)(state, batch, key)
+  spec, batch, state, key, new_state, metrics = digits_step(config)
 
   encoder, decoder = stein_vae.make_nets(section, spec)
   binarize_key, noise_key = jax.random.split(key)
@@ -294,10 +303,9 @@ def test_decoder_samples_move_by_svgd_on_their_flattened_parameters_written_out(
   xi = jax.random.normal(noise_key, (3, section.latent_dim))
   z = encoder.apply(state.params["encoder"], x[:, None], xi[None])
   thetas = state.params["decoder"]
-  flat, unravel = jax.flatten_util.ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], thetas))
-  del flat
-  flats = np.stack([np.asarray(jax.flatten_util.ravel_pytree(
-      jax.tree_util.tree_map(lambda a, j=j: a[j], thetas))[0], np.float64) for j in range(2)])
+  unravel = jax.flatten_util.ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], thetas))[1]
+  flatten = jax.vmap(lambda theta: jax.flatten_util.ravel_pytree(theta)[0])  # [2, P]
+  flats = np.asarray(flatten(thetas), np.float64)
 
   def log_lik(flat_theta):  # [B, M] log p(x_n | z_jn, theta)
     logits = decoder.apply(unravel(flat_theta), z)
@@ -313,9 +321,7 @@ def test_decoder_samples_move_by_svgd_on_their_flattened_parameters_written_out(
                            for j in range(2)], axis=0) for i in range(2)])
   grads = -phi / num_train  # the descent direction Adam receives
   expected = flats - 1e2 * grads / (np.abs(grads) + 1e4)
-  got = np.stack([np.asarray(jax.flatten_util.ravel_pytree(
-      jax.tree_util.tree_map(lambda a, j=j: a[j], new_state.params["decoder"]))[0])
-      for j in range(2)])
+  got = np.asarray(flatten(new_state.params["decoder"]))
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
   assert np.max(np.abs(expected - flats)) > 1e-4  # the decoders did move
   log_prior = np.sum(scipy.stats.norm.logpdf(np.asarray(z, np.float64)), -1)
@@ -331,10 +337,9 @@ def test_eval_elbo_is_the_change_of_variables_bound_written_out(variant):
   - [log N(xi; 0, I) - log|det dz/dxi|], the Jacobian by reverse mode, with the step's own
   xi (``jax.random.normal(key, (B, S, D))``). Dropping log q, or its Jacobian term, or
   mixing the sample and example axes, fails here (the test of L_K >= ELBO cannot see them)."""
-  config, data, method = smoke_method(variant)
+  config = mnist.get_config(variant)
   num_draws = config.stein_vae.eval_elbo_samples = 6
-  method = stein_vae.make_method(config, DataSpec(shape=data.shape, kind=data.kind,
-                                                  num_train=data.num_examples["train"]))
+  data, spec, method = digits_method(config)
   batch = next(pipeline.eval_batches(data, "test", 4))
   batch.pop("mask")
   params = method.init(jax.random.PRNGKey(0), batch).params
@@ -343,8 +348,7 @@ def test_eval_elbo_is_the_change_of_variables_bound_written_out(variant):
   key = jax.random.PRNGKey(3)
   elbo = np.asarray(jax.jit(method.eval_step)(params, batch, key)["elbo_nats"])
 
-  encoder, decoder = stein_vae.make_nets(config.stein_vae, DataSpec(
-      shape=data.shape, kind=data.kind, num_train=1))
+  encoder, decoder = stein_vae.make_nets(config.stein_vae, spec)
   x = np.asarray(transforms.static_binarize(batch["x"].reshape(4, -1), batch["index"],
                                             config.eval.binarization_seed), np.float64)
   dim = config.stein_vae.latent_dim
@@ -427,13 +431,7 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   # eps >> |g| it is lr g / eps, so the updates below check the gradients themselves.
   section.update(extra, adam_eps=1e4)
   entropy_weight, entropy_particles = section.entropy_weight, section.entropy_particles
-  data = registry.load("digits")
-  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
-  method = stein_vae.make_method(config, spec)
-  batch = pipeline.get_batch(data, "train", 0, 8, 0)
-  state = method.init(jax.random.PRNGKey(0), batch)
-  key = jax.random.PRNGKey(1)
-  new_state, metrics = jax.jit(method.train_step)(state, batch, key)
+  spec, batch, state, key, new_state, metrics = digits_step(config)
 
   # The same algorithm, written out with no shared intermediate results.
   encoder = NoiseMLPEncoder(tuple(section.encoder_hidden), section.latent_dim, section.activation,
