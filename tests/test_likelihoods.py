@@ -88,6 +88,22 @@ class TestLaplace:
     np.testing.assert_allclose(lk.laplace_log_prob(x, loc, log_scale), expected, rtol=1e-10)
 
 
+@pytest.mark.parametrize("fn,log_norm", [
+    (lk.gaussian_log_prob, lambda s: -0.5 * (np.log(2 * np.pi) + s)),
+    (lk.laplace_log_prob, lambda s: -np.log(2.0) - s)])
+def test_a_collapsed_scale_at_its_own_mean_is_finite_in_float32(fn, log_norm):
+  """A sample ``mean + exp(log_scale / 2) eps`` rounds to the mean once the scale is tiny;
+  with ``exp(-log_scale)`` overflowing (log_scale = -100 in float32) the residual's 0 times inf
+  was NaN. The density at the mean is its normalizer."""
+  mean = jnp.float32(0.5)
+  log_scale = jnp.float32(-100.0)
+  x = mean + jnp.exp(0.5 * log_scale) * jnp.float32(1.3)
+  assert x == mean
+  np.testing.assert_allclose(fn(x, mean, log_scale), log_norm(-100.0), rtol=1e-6)
+  if fn is lk.gaussian_log_prob:  # (x - m) / var: 0 (the Laplace has its kink there)
+    assert jax.grad(lambda m: fn(x, m, log_scale))(mean) == 0.0
+
+
 class TestPoisson:
 
   @given(st.data())
@@ -161,6 +177,25 @@ class TestDiscretized:
     probs = np.where(mean > 0.5, probs, dist.cdf(upper, mean, scale) - dist.cdf(lower, mean, scale))
     got = np.exp(np.asarray(fn(k / 255.0, mean, log_scale)))
     np.testing.assert_allclose(got, probs, rtol=1e-6, atol=1e-14)
+
+  @pytest.mark.parametrize("pixel,mean,log_scale", [(128, 0.0, -5.0), (20, 1.0, -4.0),
+                                                    (255, 0.0, -5.0), (0, 1.0, -5.0)])
+  def test_far_tail_bins_in_log_space(self, name, pixel, mean, log_scale):
+    """Bins many scales from the mean (log p from -100 to -2800), against scipy's log tails:
+    probabilities below 1e-14 pass any ``atol=1e-14`` comparison, so these are compared as
+    logs (a bin computed on the wrong side of the mean gives about -708 here)."""
+    fn, dist = DISCRETIZED[name]
+    scale = np.exp(log_scale)
+    lower = -np.inf if pixel == 0 else pixel / 256
+    upper = np.inf if pixel == 255 else (pixel + 1) / 256
+    if lower >= mean:  # upper tail: log(sf(lower) - sf(upper))
+      big, small = dist.logsf(lower, mean, scale), dist.logsf(upper, mean, scale)
+    else:
+      big, small = dist.logcdf(upper, mean, scale), dist.logcdf(lower, mean, scale)
+    expected = big + np.log1p(-np.exp(small - big))
+    assert expected < -50
+    np.testing.assert_allclose(fn(jnp.float64(pixel / 255), mean, log_scale), expected,
+                               rtol=1e-6)
 
   def test_sharp_distribution_is_finite_with_finite_grads(self, name):
     fn, _ = DISCRETIZED[name]

@@ -9,7 +9,9 @@ from typing import Callable, NamedTuple, Optional
 
 import optax
 
-__all__ = ["Method", "DataSpec", "make_optimizer", "check_dropout"]
+__all__ = ["Method", "DataSpec", "make_optimizer", "check_dropout", "LR_SCHEDULES"]
+
+LR_SCHEDULES = ("constant", "geometric", "burda")
 
 
 class DataSpec(NamedTuple):
@@ -91,8 +93,7 @@ def make_optimizer(section, num_steps, steps_per_epoch):
       boundaries[total] = 10.0 ** (-1.0 / 7.0)
     schedule = optax.piecewise_constant_schedule(lr, boundaries)
   else:
-    raise ValueError(f"unknown lr_schedule {section.lr_schedule!r}; "
-                     "choose constant, geometric or burda")
+    raise ValueError(f"unknown lr_schedule {section.lr_schedule!r}; choose one of {LR_SCHEDULES}")
   return optax.adam(schedule, b1=section.adam_b1, b2=section.adam_b2, eps=section.adam_eps)
 
 

@@ -4,12 +4,15 @@ Every problem found is reported in one ``ConfigError`` naming the key, the
 value and what would fix it (DESIGN section 7).
 """
 
+import math
+
 from dgm_jax.data import registry
 from dgm_jax.eval import classifier
 from dgm_jax.nets import conv
 from dgm_jax.train.guards import ConfigError
 
-__all__ = ["validate", "REQUIRED_KEYS", "EARLY_STOPPING_METRICS"]
+__all__ = ["validate", "validate_toy", "section_problems", "REQUIRED_KEYS",
+           "EARLY_STOPPING_METRICS"]
 
 REQUIRED_KEYS = (
     "seed", "data.name", "data.data_dir", "data.batch_size", "train.num_steps",
@@ -29,6 +32,27 @@ EARLY_STOPPING_METRICS = {"nll_nats": True, "error_rate": True, "elbo_nats": Fal
 _ARCH_KEYS = ("encoder_arch", "decoder_arch")
 _CONV_FEATURE_KEYS = ("encoder_conv_features", "decoder_conv_features")
 _KERNEL_SIZE_KEYS = ("conv_first_kernel_size", "conv_kernel_size", "disc_kernel_size")
+# Keys of any model section (the methods' and the toys'), checked where a section has them, so a
+# zero size or a misspelled choice stops here in one line, not in a flax or XLA traceback.
+_SECTION_POSITIVE_INTS = (
+    "latent_dim", "num_particles", "encoder_steps", "decoder_samples", "num_samples",
+    "labeled_batch_size", "labels_per_class", "entropy_particles", "eval_elbo_samples",
+    "num_chains", "thin", "num_draws")
+_SECTION_NON_NEGATIVE_INTS = ("flow_length", "decoder_grad_particles", "encoder_fit_particles",
+                              "num_burnin")
+# Hidden-layer widths: a tuple of positive integers (empty: no hidden layer).
+_SECTION_WIDTHS = ("encoder_hidden", "decoder_hidden", "hidden_sizes", "disc_joint_hidden",
+                   "disc_z_hidden", "disc_x_features")
+# key -> (low, high, low included, high included) for finite floats.
+_SECTION_RANGES = {
+    "learning_rate": (0.0, None, False, False), "disc_learning_rate": (0.0, None, False, False),
+    "svgd_step_size": (0.0, None, False, False), "prior_std": (0.0, None, False, False),
+    "input_scale": (0.0, None, False, False), "relaxation_temperature": (0.0, None, False, False),
+    "adam_eps": (0.0, None, False, False), "final_lr_fraction": (0.0, 1.0, False, True),
+    "adam_b1": (0.0, 1.0, True, False), "adam_b2": (0.0, 1.0, True, False),
+    "encoder_dropout": (0.0, 1.0, True, False), "repulsion_scale": (0.0, None, True, False),
+    "entropy_weight": (0.0, None, True, False), "disc_gradient_penalty": (0.0, None, True, False),
+    "flow_init_scale": (0.0, None, True, False)}
 
 
 def validate(config, method_name):
@@ -42,6 +66,7 @@ def validate(config, method_name):
                     f"(sections: {', '.join(k for k in config.keys())})")
   elif hasattr(config[method_name], "get"):
     problems.extend(_network_problems(config[method_name], method_name))
+    problems.extend(section_problems(config[method_name], method_name))
   for key in _POSITIVE_INTS + _OPTIONAL_POSITIVE_INTS:
     value = _lookup(config, key)
     if value is not _MISSING and not _is_positive_int(value):
@@ -67,6 +92,88 @@ def validate(config, method_name):
       problems.append(str(error))
   if problems:
     raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def validate_toy(config, sections):
+  """Raises ConfigError listing every problem of a posterior toy's ``config`` (gmm, pfa).
+
+  Args:
+    config: the toy's config.
+    sections: the model sections it trains (e.g. ``("stein_vae", "vae", "gibbs")``).
+  """
+  problems = []
+  for key in ("data.batch_size", "train.num_steps", "train.log_every"):
+    value = _lookup(config, key)
+    if value is _MISSING or not _is_positive_int(value):
+      problems.append(f"{key}={value if value is not _MISSING else None!r} must be a positive "
+                      "integer")
+  samples = _lookup(config, "eval.num_posterior_samples")
+  if samples is not _MISSING and not (_is_int(samples) and samples >= 2):
+    problems.append(f"eval.num_posterior_samples={samples!r} must be an integer >= 2 (sample "
+                    "covariances and the MMD need two)")
+  for name in sections:
+    if name in config:
+      problems.extend(section_problems(config[name], name))
+  if problems:
+    raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def section_problems(section, name):
+  """Bad sizes, ranges and choices among the keys a model section ``name`` has."""
+  problems = []
+  for key in _SECTION_POSITIVE_INTS:
+    if key in section and not _is_positive_int(section[key]):
+      problems.append(f"{name}.{key}={section[key]!r} must be a positive integer")
+  for key in _SECTION_NON_NEGATIVE_INTS:
+    if key in section and not (_is_int(section[key]) and section[key] >= 0):
+      problems.append(f"{name}.{key}={section[key]!r} must be an integer >= 0")
+  for key in _SECTION_WIDTHS:
+    value = section.get(key, ())
+    if not (isinstance(value, (tuple, list)) and all(_is_positive_int(v) for v in value)):
+      problems.append(f"{name}.{key}={value!r} must be a tuple of positive integers (layer "
+                      "widths), e.g. (200, 200)")
+  for key, (low, high, low_in, high_in) in _SECTION_RANGES.items():
+    if key in section and not _in_range(section[key], low, high, low_in, high_in):
+      interval = ("[" if low_in else "(") + f"{low}, " + (
+          f"{high}" + ("]" if high_in else ")") if high is not None else "inf)")
+      problems.append(f"{name}.{key}={section[key]!r} must be a finite number in {interval}")
+  for key, choices in _section_choices().items():
+    if key in section and section[key] not in choices:
+      problems.append(f"{name}.{key}={section[key]!r} is not one of "
+                      f"{', '.join(map(repr, choices))}")
+  if ("thin" in section and "num_draws" in section and _is_positive_int(section.thin)
+      and _is_int(section.num_draws) and section.num_draws < 2 * section.thin):
+    problems.append(f"{name}.num_draws={section.num_draws!r} keeps fewer than two draws at "
+                    f"thin={section.thin!r} (give num_draws >= 2 * thin)")
+  return problems
+
+
+def _section_choices():
+  """key -> allowed values, from the modules that read them (imported here, not at the top:
+  the model modules import the nets and data, which import this package's neighbours)."""
+  from dgm_jax import kernels, svgd  # pylint: disable=import-outside-toplevel
+  from dgm_jax.models import asvae, base, stein_vae, vae  # pylint: disable=import-outside-toplevel
+  from dgm_jax.nets import discriminators, mlp, recognition  # pylint: disable=import-outside-toplevel
+  return {
+      "activation": tuple(sorted(mlp.ACTIVATIONS)),
+      "disc_activation": tuple(sorted(mlp.ACTIVATIONS)),
+      "bandwidth_convention": kernels.BANDWIDTH_CONVENTIONS, "kernel": svgd.KERNELS,
+      "encoder_output": recognition.ENCODER_OUTPUTS,
+      "preconditioner": stein_vae.PRECONDITIONERS, "fit_metric": stein_vae.FIT_METRICS,
+      "entropy_weights": stein_vae.ENTROPY_WEIGHTS, "lr_schedule": base.LR_SCHEDULES,
+      "objective": vae.OBJECTIVES, "likelihood": vae.LIKELIHOODS,
+      "variant": asvae.VARIANTS, "decoded_x": asvae.DECODED_X,
+      "decoder_pair_encoder_input": asvae.DECODER_PAIR_ENCODER_INPUTS,
+      "disc_trunk": discriminators.TRUNKS,
+  }
+
+
+def _in_range(value, low, high, low_in, high_in):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    return False
+  above = value >= low if low_in else value > low
+  below = high is None or (value <= high if high_in else value < high)
+  return above and below
 
 
 def _early_stopping_problems(config):

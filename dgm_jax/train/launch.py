@@ -13,7 +13,7 @@ from absl import app, flags, logging
 
 from dgm_jax.data import registry
 from dgm_jax.data.registry import DataError
-from dgm_jax.train import loop, writers
+from dgm_jax.train import config_check, loop, writers
 from dgm_jax.train.guards import ConfigError, NonFiniteLossError, first_non_finite
 from dgm_jax.train.parallel import BatchSplitError
 
@@ -94,9 +94,10 @@ def start_toy(config, argv, workdir, dataset, usage):
   if config.data.name != dataset:
     fail(f"ConfigError: data.name={config.data.name!r}: experiments.{dataset} runs the "
          f"{dataset!r} toy only ({usage})")
-  for key in ("num_steps", "log_every"):
-    if not config.train[key] >= 1:
-      fail(f"ConfigError: train.{key}={config.train[key]} must be at least 1")
+  try:
+    config_check.validate_toy(config, ("stein_vae", "vae", "gibbs"))
+  except ConfigError as error:
+    fail(f"ConfigError: {error}")
   workdir = workdir or loop.default_workdir(f"{dataset}_toy", dataset)
   try:
     loop.make_workdir(workdir)

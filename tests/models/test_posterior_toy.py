@@ -129,7 +129,10 @@ def test_smoke_launcher_writes_results_and_figure(tmp_path):
 
 @pytest.mark.parametrize("overrides,needles", [
     (["--config.stein_vae.no_such_key=1"], ("no_such_key",)),
-    (["--config.train.num_steps=0"], ("train.num_steps=0", "at least 1")),
+    (["--config.train.num_steps=0"], ("train.num_steps=0", "must be a positive integer")),
+    (["--config.stein_vae.num_particles=0", "--config.vae.activation=gelu2"],
+     ("stein_vae.num_particles=0 must be a positive integer", "vae.activation='gelu2'")),
+    (["--config.eval.num_posterior_samples=1"], ("num_posterior_samples=1 must be an integer >= 2",)),
     (["--config.stein_vae.learning_rate=1e38", "--config.vae.learning_rate=1e38"],
      ("non-finite", "at step"))])
 def test_bad_run_ends_with_one_error_line(tmp_path, overrides, needles):

@@ -1,9 +1,9 @@
-"""config_check.validate: a bad count stops with one message naming the key, before any
-data is read; the shipped configs pass unchanged."""
+"""config_check.validate: a bad count, size, range or choice stops with one message naming the
+key, before any data is read or a network built; the shipped configs pass unchanged."""
 
 import pytest
 
-from configs import mnist
+from configs import gmm, mnist, pfa
 from dgm_jax.train import config_check
 from dgm_jax.train.guards import ConfigError
 
@@ -53,3 +53,77 @@ def test_an_optional_count_may_be_left_out():
   del config.train["prefetch_steps"]
   del config.eval["max_chunk"]
   config_check.validate(config, "vae")
+
+
+@pytest.mark.parametrize("method,key,value,needle", [
+    ("stein_vae", "latent_dim", 0, "must be a positive integer"),
+    ("stein_vae", "num_particles", -1, "must be a positive integer"),
+    ("stein_vae", "encoder_steps", 0, "must be a positive integer"),
+    ("vae", "num_samples", 0, "must be a positive integer"),
+    ("asvae", "flow_length", -1, "must be an integer >= 0"),
+    ("stein_vae", "encoder_hidden", (200, 0), "must be a tuple of positive integers"),
+    ("vae", "hidden_sizes", (-200,), "must be a tuple of positive integers"),
+    ("stein_vae", "learning_rate", float("nan"), "must be a finite number in (0.0, inf)"),
+    ("vae", "learning_rate", 0.0, "must be a finite number in (0.0, inf)"),
+    ("stein_vae", "svgd_step_size", float("inf"), "must be a finite number in (0.0, inf)"),
+    ("vae", "final_lr_fraction", 0.0, "must be a finite number in (0.0, 1.0]"),
+    ("vae", "adam_b1", 1.0, "must be a finite number in [0.0, 1.0)"),
+    ("stein_vae", "repulsion_scale", -1.0, "must be a finite number in [0.0, inf)"),
+    ("stein_vae", "activation", "gelu2", "is not one of"),
+    ("asvae", "disc_activation", "swish2", "is not one of"),
+    ("stein_vae", "bandwidth_convention", "silverman", "is not one of 'liu_wang', 'paper', "
+     "'median'"),
+    ("vae", "lr_schedule", "cosine", "is not one of 'constant', 'geometric', 'burda'"),
+    ("vae", "likelihood", "gaussian", "is not one of"),
+])
+def test_a_bad_section_value_is_one_problem_naming_its_key(method, key, value, needle):
+  config = mnist.get_config("smoke")
+  config[method][key] = value
+  with pytest.raises(ConfigError) as raised:
+    config_check.validate(config, method)
+  message = str(raised.value)
+  assert message.startswith(f"invalid config: {method}.{key}={value!r} {needle}"), message
+  assert ";" not in message, message  # the one problem
+
+
+def test_every_problem_is_listed_once_and_lists_are_widths():
+  config = mnist.get_config("smoke")
+  config.stein_vae.latent_dim = 0
+  config.stein_vae.activation = "gelu2"
+  with pytest.raises(ConfigError) as raised:
+    config_check.validate(config, "stein_vae")
+  message = str(raised.value)
+  assert message.count("latent_dim=0") == 1 and message.count("gelu2") == 1, message
+  config = mnist.get_config("smoke")
+  config.stein_vae.encoder_hidden = [64, 32]  # a list from a sweep's JSON is a width tuple too
+  config_check.validate(config, "stein_vae")
+
+
+@pytest.mark.parametrize("module,arg,sections", [(gmm, "", ("stein_vae", "vae")),
+                                                 (gmm, "bimodal,shifted", ("stein_vae", "vae")),
+                                                 (gmm, "smoke", ("stein_vae", "vae")),
+                                                 (pfa, "", ("stein_vae", "vae", "gibbs")),
+                                                 (pfa, "smoke", ("stein_vae", "vae", "gibbs"))])
+def test_shipped_toy_configs_pass(module, arg, sections):
+  config_check.validate_toy(module.get_config(arg), sections)
+
+
+@pytest.mark.parametrize("module,key,value,needle", [
+    (gmm, "data.batch_size", 0, "data.batch_size=0 must be a positive integer"),
+    (gmm, "train.log_every", -1, "train.log_every=-1 must be a positive integer"),
+    (gmm, "eval.num_posterior_samples", 1, "eval.num_posterior_samples=1 must be an integer >= 2"),
+    (gmm, "stein_vae.input_scale", 0.0, "stein_vae.input_scale=0.0 must be a finite number"),
+    (gmm, "vae.activation", "gelu2", "vae.activation='gelu2' is not one of"),
+    (pfa, "gibbs.thin", 0, "gibbs.thin=0 must be a positive integer"),
+    (pfa, "gibbs.num_chains", 0, "gibbs.num_chains=0 must be a positive integer"),
+    (pfa, "gibbs.num_burnin", -1, "gibbs.num_burnin=-1 must be an integer >= 0"),
+    (pfa, "gibbs.num_draws", 19, "gibbs.num_draws=19 keeps fewer than two draws at thin=10"),
+])
+def test_a_bad_toy_value_is_one_problem_naming_its_key(module, key, value, needle):
+  config = module.get_config("")
+  section, name = key.split(".")
+  config[section][name] = value
+  with pytest.raises(ConfigError) as raised:
+    config_check.validate_toy(config, ("stein_vae", "vae", "gibbs"))
+  message = str(raised.value)
+  assert message.startswith(f"invalid config: {needle}") and ";" not in message, message
