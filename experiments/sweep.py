@@ -352,8 +352,11 @@ def _record(point, workdir, outcome):
   results_path = os.path.join(workdir, point.name, "results.json")
   results = None
   if os.path.exists(results_path):
-    with open(results_path) as f:
-      results = json.load(f)
+    try:
+      with open(results_path) as f:
+        results = json.load(f)
+    except (OSError, ValueError) as damage:  # a damaged file fails its point, not the table
+      status, error = "failed (unreadable results.json)", f"{results_path}: {damage}"
   return {"point": point.name, "overrides": point.overrides,
           "workdir": os.path.join(workdir, point.name), "status": status,
           "returncode": returncode, "error": error, "results": results}
@@ -417,9 +420,15 @@ def _last_error_line(log_path, output_start, tail_bytes=65536):
 
 
 def _last_line(text):
+  """The point's error: its ``error:`` line, else the last line that is not JAX's note on
+  filtered traceback frames (which follows the exception it explains)."""
   lines = [line.strip() for line in text.splitlines() if line.strip()]
   errors = [line for line in lines if line.startswith("error:")]
+  lines = [line for line in lines if not line.startswith(_JAX_FRAMES_NOTE) and set(line) != {"-"}]
   return (errors or lines or ["(no output)"])[-1]
+
+
+_JAX_FRAMES_NOTE = "For simplicity, JAX has removed its internal frames"
 
 
 def _claim_workdir(workdir, spec):
@@ -440,8 +449,11 @@ def _claim_workdir(workdir, spec):
             f"--config={spec['config']}: its points would be skipped as done; use another "
             "--workdir")
     return
-  os.makedirs(workdir, exist_ok=True)
-  _write_json(path, spec)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(path, spec)
+  except OSError as error:  # e.g. a path under a file, or no permission
+    _fail(f"--workdir={workdir} cannot be created or written ({error.strerror or error})")
 
 
 def _write_json(path, obj):

@@ -126,6 +126,16 @@ class TestRunCommand:
     assert (code, line) == (1, "KeyError: 'nope'")
     assert open(log).read().count("$ ") == 2  # both commands appended to one log
 
+  def test_jax_note_after_the_exception_is_not_the_error(self, tmp_path):
+    """JAX prints a note on filtered frames below the exception: the point's error is the
+    exception, not the note (which the summary used to show)."""
+    script = ("import sys; print('ValueError: bad shape', file=sys.stderr); "
+              "print('-' * 20, file=sys.stderr); print('For simplicity, JAX has removed its "
+              "internal frames from the traceback of the following exception.', "
+              "file=sys.stderr); sys.exit(1)")
+    assert sweep.run_command([sys.executable, "-c", script], str(tmp_path),
+                             str(tmp_path / "log")) == (1, "ValueError: bad shape")
+
   def test_success(self, tmp_path):
     log = str(tmp_path / "log")
     assert sweep.run_command([sys.executable, "-c", "print('hi')"], str(tmp_path), log) == (0, "")
@@ -246,6 +256,24 @@ def test_a_workdir_of_another_sweep_is_refused(tmp_path):
   lines = err.strip().splitlines()
   assert len(lines) == 1 and "holds a sweep of --experiment=stein_vae" in lines[0], err
   assert sorted(os.listdir(workdir)) == ["sweep.json"]
+
+
+def test_a_damaged_point_results_file_fails_its_point_not_the_table(tmp_path):
+  (tmp_path / "seed=0").mkdir()
+  (tmp_path / "seed=0" / "results.json").write_text('{"nll_nats": 9')
+  point = sweep.Point("seed=0", {"seed": 0})
+  record = sweep._record(point, str(tmp_path), None)  # pylint: disable=protected-access
+  assert record["status"] == "failed (unreadable results.json)" and record["results"] is None
+  assert "seed=0/results.json" in record["error"]
+
+
+def test_a_workdir_under_a_file_is_one_error_line(tmp_path):
+  (tmp_path / "a_file").write_text("")
+  code, out, err = run_sweep(SMOKE, "--grid=seed=0", f"--workdir={tmp_path / 'a_file' / 'x'}",
+                             timeout=60)
+  assert code == 1
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and "cannot be created or written" in lines[0], err
 
 
 @pytest.mark.parametrize("args, needle", [

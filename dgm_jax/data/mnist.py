@@ -97,6 +97,12 @@ def load_fashion_mnist(data_dir=None, *, seed=0):
                  source=found[2])
 
 
+def _inside(folder, data_dir):
+  """Whether ``folder`` is ``data_dir`` or one of its sub-folders."""
+  folder, data_dir = os.path.abspath(folder), os.path.abspath(os.fspath(data_dir))
+  return os.path.commonpath([folder, data_dir]) == data_dir
+
+
 def _read_first_source(folders, tfds_name, data_dir):
   """(splits, labels, source) from the first folder with IDX files, else TFDS, else None."""
   for folder in folders:
@@ -104,6 +110,9 @@ def _read_first_source(folders, tfds_name, data_dir):
     if files is not None:
       splits, labels = _idx_splits(files)
       _check_not_the_other_set(labels["train"], tfds_name, folder)
+      if data_dir is not None and not _inside(folder, data_dir):
+        warnings.warn(f"data.data_dir={os.fspath(data_dir)!r} holds no {tfds_name} IDX files: "
+                      f"reading them from {folder} instead", stacklevel=2)
       return splits, labels, f"idx:{folder}"
   from_tfds = tfds.load_splits(tfds_name, _TFDS_SPLITS, data_dir)
   if from_tfds is None:

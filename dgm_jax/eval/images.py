@@ -10,7 +10,10 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["save_grid", "image_grid", "labelled_rows", "save_labelled_rows"]
+__all__ = ["save_grid", "image_grid", "labelled_rows", "save_labelled_rows", "IMAGE_EXTENSIONS"]
+
+# File names the figures may take (PIL picks the format from the extension).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".pdf", ".tif", ".tiff", ".bmp")
 
 
 def image_grid(images, num_cols=None, pad=1):

@@ -55,19 +55,35 @@ class Checkpointer:
 
     Raises:
       ConfigError: the checkpoint's arrays (names, shapes, dtypes) are not those of
-        ``abstract_state``: found from the checkpoint's metadata before any array is
-        read (a failed orbax restore leaves threads that print a traceback), or by
-        orbax itself.
+        ``abstract_state``, found from the checkpoint's metadata before any array is
+        read (a failed orbax restore leaves threads that print a traceback); or its
+        files cannot be read (damaged), naming the newest earlier checkpoint.
     """
     step = self.latest_step() if step is None else step
     try:
       self._check_fits(abstract_state, step)
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    except (ValueError, KeyError, TypeError) as error:  # a tree, shape or dtype mismatch
+    except _Mismatch as error:
       raise ConfigError(
           f"the checkpoint at step {step} in {self.directory} does not fit the config "
-          f"({type(error).__name__}: {str(error).splitlines()[0][:300]}); use the config it "
-          "was written with (the workdir's config.json) or a new --workdir") from None
+          f"({str(error)[:300]}); use the config it was written with (the workdir's "
+          "config.json) or a new --workdir") from None
+    except Exception as error:  # pylint: disable=broad-except
+      raise self._damaged(step, error) from None
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as error:  # pylint: disable=broad-except
+      raise self._damaged(step, error) from None
+
+  def _damaged(self, step, error):
+    """The error of a checkpoint whose arrays fit the config but cannot be read."""
+    earlier = [s for s in self.all_steps() if s < step]
+    where = os.path.join(self.directory, str(step))
+    fix = (f"delete {where} to resume from step {max(earlier)}" if earlier
+           else f"delete {where} to start over")
+    return ConfigError(
+        f"the checkpoint at step {step} in {self.directory} cannot be read "
+        f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}): "
+        f"it is damaged (a full disk, or a copy cut short); {fix}, or use a new --workdir")
 
   def _check_fits(self, abstract_state, step):
     reader = ocp.CheckpointManager(self.directory, item_handlers=ocp.StandardCheckpointHandler())
@@ -75,16 +91,22 @@ class Checkpointer:
       saved = _array_specs(reader.item_metadata(step))
     finally:
       reader.close()
+    if not saved:  # an emptied step folder reads as a checkpoint of nothing
+      raise OSError("its metadata lists no arrays")
     wanted = _array_specs(abstract_state)
     if saved == wanted:
       return
     for name in sorted(set(saved) | set(wanted)):
       if saved.get(name) != wanted.get(name):
         have, need = saved.get(name, "no such array"), wanted.get(name, "no such array")
-        raise ValueError(f"{name}: the checkpoint has {have}, the config needs {need}")
+        raise _Mismatch(f"{name}: the checkpoint has {have}, the config needs {need}")
 
   def close(self):
     self._manager.close()
+
+
+class _Mismatch(ValueError):
+  """The checkpoint's arrays are not the config's (names, shapes or dtypes)."""
 
 
 def _array_specs(tree):

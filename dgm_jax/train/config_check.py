@@ -32,6 +32,8 @@ EARLY_STOPPING_METRICS = {"nll_nats": True, "error_rate": True, "elbo_nats": Fal
 _ARCH_KEYS = ("encoder_arch", "decoder_arch")
 _CONV_FEATURE_KEYS = ("encoder_conv_features", "decoder_conv_features")
 _KERNEL_SIZE_KEYS = ("conv_first_kernel_size", "conv_kernel_size", "disc_kernel_size")
+# Data sets of the posterior toys, which have launchers of their own.
+_TOYS = ("gmm", "pfa")
 # Keys of any model section (the methods' and the toys'), checked where a section has them, so a
 # zero size or a misspelled choice stops here in one line, not in a flax or XLA traceback.
 _SECTION_POSITIVE_INTS = (
@@ -65,6 +67,9 @@ def validate(config, method_name):
     problems.append(f"the config has no '{method_name}' section for this method "
                     f"(sections: {', '.join(k for k in config.keys())})")
   elif hasattr(config[method_name], "get"):
+    if "latent_dim" not in config[method_name]:
+      problems.append(f"section '{method_name}' has no latent_dim: not a config of this "
+                      "experiment's models (configs/mnist.py, cifar10.py, fashion_mnist.py)")
     problems.extend(_network_problems(config[method_name], method_name))
     problems.extend(section_problems(config[method_name], method_name))
   for key in _POSITIVE_INTS + _OPTIONAL_POSITIVE_INTS:
@@ -72,15 +77,18 @@ def validate(config, method_name):
     if value is not _MISSING and not _is_positive_int(value):
       problems.append(f"{key}={value!r} must be a positive integer")
   seed = _lookup(config, "seed")
-  if seed is not _MISSING and not (_is_int(seed) and seed >= 0):
-    problems.append(f"seed={seed!r} must be an integer >= 0 (numpy's generators take no "
-                    "negative seed)")
+  if seed is not _MISSING and not (_is_int(seed) and 0 <= seed < 2**32):
+    problems.append(f"seed={seed!r} must be an integer in [0, 2**32) (numpy's generators take "
+                    "no negative seed, jax.random.PRNGKey none past 64 bits)")
   for key in _OPTIONAL_NON_NEGATIVE_INTS:
     value = _lookup(config, key)
     if value is not _MISSING and not (_is_int(value) and value >= 0):
       problems.append(f"{key}={value!r} must be an integer >= 0")
   name = _lookup(config, "data.name")
-  if name is not _MISSING and name not in registry.available():
+  if name in _TOYS:
+    problems.append(f"data.name={name!r} is a posterior toy with no images: run it with "
+                    f"python -m experiments.{name} --config=configs/{name}.py")
+  elif name is not _MISSING and name not in registry.available():
     problems.append(f"data.name={name!r} is not a known data set; available: "
                     f"{', '.join(registry.available())}")
   problems.extend(_early_stopping_problems(config))
@@ -111,6 +119,15 @@ def validate_toy(config, sections):
   if samples is not _MISSING and not (_is_int(samples) and samples >= 2):
     problems.append(f"eval.num_posterior_samples={samples!r} must be an integer >= 2 (sample "
                     "covariances and the MMD need two)")
+  for key in ("eval.num_plot_points", "eval.num_plot_factors"):  # the figures' counts
+    value = _lookup(config, key)
+    if value is not _MISSING and not _is_positive_int(value):
+      problems.append(f"{key}={value!r} must be a positive integer")
+  point, num_test = _lookup(config, "eval.plot_point"), _lookup(config, "data.options.num_test")
+  if point is not _MISSING and not (_is_int(point) and point >= 0 and (
+      num_test is _MISSING or not _is_int(num_test) or point < num_test)):
+    problems.append(f"eval.plot_point={point!r} must index a test point: an integer in "
+                    f"[0, data.options.num_test={num_test if num_test is not _MISSING else '?'})")
   for name in sections:
     if name in config:
       problems.extend(section_problems(config[name], name))

@@ -13,6 +13,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from dgm_jax.train.guards import ConfigError
+
 __all__ = [
     "make_mesh",
     "batch_sharding",
@@ -75,5 +77,11 @@ def maybe_initialize_distributed(enabled):
   """
   slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
   if enabled or slurm_tasks > 1:
-    jax.distributed.initialize()
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as error:  # no coordinator found in the environment
+      raise ConfigError(f"distributed=True: jax.distributed.initialize() failed "
+                        f"({str(error).splitlines()[0][:200]}); launch the processes with Slurm "
+                        "(srun), or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+                        "JAX_PROCESS_ID; a single-host run needs no distributed=True") from None
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())

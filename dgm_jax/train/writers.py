@@ -61,22 +61,40 @@ class MetricWriter:
     if not self._primary or not os.path.exists(self.path):
       return
     def keep(record):
-      return record["step"] <= step and record["split"] not in drop_splits
-    with open(self.path) as f:
-      lines = [l for l in f if l.strip() and keep(json.loads(l))]
+      return record.get("step", step + 1) <= step and record.get("split") not in drop_splits
+    lines = [line for line, record in self._records() if keep(record)]
     with open(self.path, "w") as f:
       f.writelines(lines)
 
   def last_value(self, split, name, default=0.0):
     """The newest value of metric ``name`` in ``split``'s rows, or ``default``."""
     value = default
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        for line in f:
-          record = json.loads(line) if line.strip() else {}
-          if record.get("split") == split and name in record:
-            value = record[name]
+    for _, record in self._records():
+      if record.get("split") == split and name in record:
+        value = record[name]
     return value
+
+  def _records(self):
+    """``(line, row)`` of each row of ``metrics.jsonl`` (none if it is absent). A line that is not a JSON object,
+    such as the last one of a run killed while writing it, is dropped with a warning: the
+    resumed run writes the rows after its checkpoint again."""
+    if not os.path.exists(self.path):
+      return []
+    records = []
+    with open(self.path) as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          record = None
+        if isinstance(record, dict):
+          records.append((line if line.endswith("\n") else line + "\n", record))
+        else:
+          logging.warning("%s line %d is not a metrics row (%r...); dropped", self.path, number,
+                          line[:60])
+    return records
 
   def close(self):
     if self._tb is not None:

@@ -63,6 +63,24 @@ class TestRealMnist:
     assert dataset.labels["train"][0] == 5 and dataset.labels["test"][0] == 7
 
 
+class TestExplicitDataDirWithoutFiles:
+
+  def test_files_from_elsewhere_are_read_with_a_warning_naming_both(self, tmp_path, monkeypatch,
+                                                                     no_other_sources):
+    """data.data_dir names a folder without MNIST, $DGM_JAX_DATA_DIR has it: the run reads it
+    (the search order) but says so, where it used to say nothing."""
+    monkeypatch.setattr(mnist, "_NUM_TRAIN", 6)
+    monkeypatch.setattr(mnist, "_NUM_VALID", 2)
+    monkeypatch.setattr(mnist, "_NUM_TEST", 3)
+    _write_idx_set(tmp_path / "env" / "mnist", num_train=8, num_test=3)
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path / "env"))
+    (tmp_path / "empty").mkdir()
+    with pytest.warns(UserWarning, match=r"data.data_dir='.*empty' holds no mnist IDX files: "
+                      r"reading them from .*env/mnist instead"):
+      dataset = data.load("mnist", tmp_path / "empty")
+    assert dataset.source == "idx:" + str(tmp_path / "env" / "mnist")
+
+
 class TestMlxtendFallback:
 
   def test_empty_data_dir_gives_5000_real_digits_and_warns(self, tmp_path, no_other_sources):

@@ -166,7 +166,7 @@ def test_compare_reconstructions_refuses_runs_of_other_images_and_bad_flags(
     asvae_run, ali_run, tmp_path):
   """Each case is one error line and no figure: a run whose data (here another seed of
   the synthetic set) begins with other images, more images than the split holds, a
-  zero scale, and an output that cannot be written."""
+  zero scale, an output that cannot be written and one with no image extension."""
   other = tmp_path / "other_seed"
   shutil.copytree(asvae_run, other)
   config = json.load(open(other / "config.json"))
@@ -183,6 +183,8 @@ def test_compare_reconstructions_refuses_runs_of_other_images_and_bad_flags(
       ([f"--workdir={ali_run}", "--scale=0", f"--output={output}"], "--scale"),
       ([f"--workdir={ali_run}", "--num_images=2", f"--output={blocker / 'fig.png'}"],
        "cannot write --output"),
+      ([f"--workdir={ali_run}", "--num_images=2", f"--output={tmp_path / 'fig'}"],
+       "name an image file ending in .png"),
   ]
   for args, needle in cases:
     proc = launch("experiments.compare_reconstructions", args, tmp_path / "cache")

@@ -25,7 +25,10 @@ def test_shipped_configs_pass(arg, method):
     ("eval.num_score_samples", True, "must be an integer >= 0"),
     ("train.num_steps", True, "must be a positive integer"),
     ("data.batch_size", 0, "must be a positive integer"),
-    ("seed", -1, "must be an integer >= 0 (numpy's generators take no negative seed)"),
+    ("seed", -1, "must be an integer in [0, 2**32) (numpy's generators take no negative "
+     "seed, jax.random.PRNGKey none past 64 bits)"),
+    ("seed", 2**64, "must be an integer in [0, 2**32) (numpy's generators take no negative "
+     "seed, jax.random.PRNGKey none past 64 bits)"),
 ])
 def test_a_bad_count_is_one_problem_naming_its_key(key, value, needle):
   config = mnist.get_config("smoke")
@@ -114,6 +117,10 @@ def test_shipped_toy_configs_pass(module, arg, sections):
     (gmm, "eval.num_posterior_samples", 1, "eval.num_posterior_samples=1 must be an integer >= 2"),
     (gmm, "stein_vae.input_scale", 0.0, "stein_vae.input_scale=0.0 must be a finite number"),
     (gmm, "vae.activation", "gelu2", "vae.activation='gelu2' is not one of"),
+    (gmm, "eval.num_plot_points", 0, "eval.num_plot_points=0 must be a positive integer"),
+    (pfa, "eval.plot_point", 20, "eval.plot_point=20 must index a test point: an integer in "
+     "[0, data.options.num_test=20)"),
+    (pfa, "eval.num_plot_factors", 0, "eval.num_plot_factors=0 must be a positive integer"),
     (pfa, "gibbs.thin", 0, "gibbs.thin=0 must be a positive integer"),
     (pfa, "gibbs.num_chains", 0, "gibbs.num_chains=0 must be a positive integer"),
     (pfa, "gibbs.num_burnin", -1, "gibbs.num_burnin=-1 must be an integer >= 0"),
@@ -127,3 +134,14 @@ def test_a_bad_toy_value_is_one_problem_naming_its_key(module, key, value, needl
     config_check.validate_toy(config, ("stein_vae", "vae", "gibbs"))
   message = str(raised.value)
   assert message.startswith(f"invalid config: {needle}") and ";" not in message, message
+
+
+@pytest.mark.parametrize("method", ["stein_vae", "vae"])
+def test_a_toy_config_given_to_an_image_experiment_names_the_toys_launcher(method):
+  """configs/gmm.py has a stein_vae section, but not the image model's keys: it stopped in
+  make_method with AttributeError: 'latent_dim'."""
+  with pytest.raises(ConfigError) as raised:
+    config_check.validate(gmm.get_config("smoke"), method)
+  message = str(raised.value)
+  assert "python -m experiments.gmm --config=configs/gmm.py" in message, message
+  assert f"section '{method}' has no latent_dim" in message, message

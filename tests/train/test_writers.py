@@ -86,3 +86,22 @@ def test_only_process_zero_writes_files(tmp_path, monkeypatch):
   monkeypatch.setattr(jax, "process_index", lambda: 0)
   writers.write_json(str(tmp_path / "results.json"), {"a": 1})
   assert json.loads((tmp_path / "results.json").read_text()) == {"a": 1}
+
+
+def test_a_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+  """A run killed while appending a row leaves half a line: the resumed writer drops it (and
+  rows past its checkpoint) instead of stopping on a JSONDecodeError, and keeps the rest
+  byte for byte."""
+  first = writers.MetricWriter(str(tmp_path), tensorboard=False)
+  for step in range(1, 4):
+    first.write(step, "train", {"loss": float(step)})
+  path = tmp_path / "metrics.jsonl"
+  whole = path.read_text()
+  with open(path, "a") as f:
+    f.write('{"step": 4, "split": "tra')
+  resumed = writers.MetricWriter(str(tmp_path), tensorboard=False)
+  assert resumed.last_value("train", "loss") == 3.0
+  resumed.truncate_after(2)
+  assert path.read_text() == "".join(whole.splitlines(keepends=True)[:2])
+  resumed.write(3, "train", {"loss": 30.0})
+  assert [json.loads(line)["loss"] for line in open(path)] == [1.0, 2.0, 30.0]
