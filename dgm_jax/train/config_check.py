@@ -50,7 +50,10 @@ _SECTION_RANGES = {
     "learning_rate": (0.0, None, False, False), "disc_learning_rate": (0.0, None, False, False),
     "svgd_step_size": (0.0, None, False, False), "prior_std": (0.0, None, False, False),
     "input_scale": (0.0, None, False, False), "relaxation_temperature": (0.0, None, False, False),
-    "adam_eps": (0.0, None, False, False), "final_lr_fraction": (0.0, 1.0, False, True),
+    "adam_eps": (0.0, None, False, False),
+    # > 1 is a growing rate (a test drives a run to diverge with it); 0 made optax's
+    # exponential_decay a constant schedule without a word
+    "final_lr_fraction": (0.0, None, False, False),
     "adam_b1": (0.0, 1.0, True, False), "adam_b2": (0.0, 1.0, True, False),
     "encoder_dropout": (0.0, 1.0, True, False), "repulsion_scale": (0.0, None, True, False),
     "entropy_weight": (0.0, None, True, False), "disc_gradient_penalty": (0.0, None, True, False),

@@ -69,7 +69,7 @@ def test_an_optional_count_may_be_left_out():
     ("stein_vae", "learning_rate", float("nan"), "must be a finite number in (0.0, inf)"),
     ("vae", "learning_rate", 0.0, "must be a finite number in (0.0, inf)"),
     ("stein_vae", "svgd_step_size", float("inf"), "must be a finite number in (0.0, inf)"),
-    ("vae", "final_lr_fraction", 0.0, "must be a finite number in (0.0, 1.0]"),
+    ("vae", "final_lr_fraction", 0.0, "must be a finite number in (0.0, inf)"),
     ("vae", "adam_b1", 1.0, "must be a finite number in [0.0, 1.0)"),
     ("stein_vae", "repulsion_scale", -1.0, "must be a finite number in [0.0, inf)"),
     ("stein_vae", "activation", "gelu2", "is not one of"),
