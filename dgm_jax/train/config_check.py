@@ -6,9 +6,11 @@ value and what would fix it (DESIGN section 7).
 
 import math
 
+from dgm_jax import kernels, svgd
 from dgm_jax.data import registry
 from dgm_jax.eval import classifier
-from dgm_jax.nets import conv
+from dgm_jax.models import asvae, base, stein_vae, vae
+from dgm_jax.nets import conv, discriminators, mlp, recognition
 from dgm_jax.train.guards import ConfigError
 
 __all__ = ["validate", "validate_toy", "section_problems", "REQUIRED_KEYS",
@@ -169,11 +171,7 @@ def section_problems(section, name):
 
 
 def _section_choices():
-  """key -> allowed values, from the modules that read them (imported here, not at the top:
-  the model modules import the nets and data, which import this package's neighbours)."""
-  from dgm_jax import kernels, svgd  # pylint: disable=import-outside-toplevel
-  from dgm_jax.models import asvae, base, stein_vae, vae  # pylint: disable=import-outside-toplevel
-  from dgm_jax.nets import discriminators, mlp, recognition  # pylint: disable=import-outside-toplevel
+  """key -> allowed values, from the modules that read them."""
   return {
       "activation": tuple(sorted(mlp.ACTIVATIONS)),
       "disc_activation": tuple(sorted(mlp.ACTIVATIONS)),

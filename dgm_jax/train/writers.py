@@ -75,9 +75,9 @@ class MetricWriter:
     return value
 
   def _records(self):
-    """``(line, row)`` of each row of ``metrics.jsonl`` (none if it is absent). A line that is not a JSON object,
-    such as the last one of a run killed while writing it, is dropped with a warning: the
-    resumed run writes the rows after its checkpoint again."""
+    """``(line, row)`` of each row of ``metrics.jsonl`` (none if it is absent). A line that
+    is not a JSON object, such as the last one of a run killed while writing it, is dropped
+    with a warning: the resumed run writes the rows after its checkpoint again."""
     if not os.path.exists(self.path):
       return []
     records = []
