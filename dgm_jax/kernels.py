@@ -28,12 +28,6 @@ BANDWIDTH_CONVENTIONS = ("liu_wang", "paper", "median")
 def pairwise_sq_dists(x, y):
   """Squared Euclidean distances in Gram form, clipped at 0.
 
-  Both sets are first shifted by the mean of x, which changes no distance: the Gram
-  form ``|x|^2 + |y|^2 - 2 x.y`` cancels catastrophically for a tight set far from
-  the origin (in float32, particles of spread 3e-3 around 30 all came out at
-  distance 0). One point far from the rest still costs relative precision of its
-  distances to the others: ``eps |x_far - mean|^2``.
-
   Args:
     x: [N, D].
     y: [M, D].
@@ -41,8 +35,6 @@ def pairwise_sq_dists(x, y):
   Returns:
     [N, M] with entries ``|x_n - y_m|^2``.
   """
-  shift = jnp.mean(x, axis=0)
-  x, y = x - shift, y - shift
   x_sq = jnp.sum(jnp.square(x), axis=-1)
   y_sq = jnp.sum(jnp.square(y), axis=-1)
   cross = x @ y.T
@@ -73,10 +65,8 @@ def median_bandwidth(x, convention="liu_wang"):
       ``log M`` (Liu and Wang 2016, text).
     * ``"median"``: the median of the off-diagonal squared distances itself.
 
-  Where the median is 0 (one particle, or more than half of the distances zero, as
-  when most particles coincide) the bandwidth falls back to the mean of the
-  squared distances, which still follows the particles' scale, and to 1 where
-  every particle coincides (every kernel value is then 1 whatever h).
+  The result is finite and positive for one particle or identical particles
+  (it falls back to 1, where every kernel value is 1 anyway).
 
   Args:
     x: [M, D] particles.
@@ -101,8 +91,7 @@ def median_bandwidth(x, convention="liu_wang"):
     h = jnp.square(fast_median(jnp.sqrt(pairs))) / math.log(num_particles)
   else:
     h = fast_median(pairs)
-  mean = jnp.mean(pairs) if num_particles > 1 else jnp.zeros((), x.dtype)
-  return jnp.where(h > 0, h, jnp.where(mean > 0, mean, jnp.ones_like(h)))
+  return jnp.where(h > 0, h, jnp.ones_like(h))
 
 
 def _median_of_zeros_and_pairs(pairs, num_zeros):
