@@ -6,11 +6,9 @@ value and what would fix it (DESIGN section 7).
 
 import math
 
-from dgm_jax import kernels, svgd
 from dgm_jax.data import registry
 from dgm_jax.eval import classifier
-from dgm_jax.models import asvae, base, stein_vae, vae
-from dgm_jax.nets import conv, discriminators, mlp, recognition
+from dgm_jax.nets import conv
 from dgm_jax.train.guards import ConfigError
 
 __all__ = ["validate", "validate_toy", "section_problems", "REQUIRED_KEYS",
@@ -171,7 +169,13 @@ def section_problems(section, name):
 
 
 def _section_choices():
-  """key -> allowed values, from the modules that read them."""
+  """key -> allowed values, from the modules that read them. Imported here, not at the top:
+  ``models.vae`` imports ``train.state``, whose package imports the loop and so this module,
+  so a top-level import of the models here is a cycle when ``models.vae`` is imported first."""
+  # pylint: disable=import-outside-toplevel
+  from dgm_jax import kernels, svgd
+  from dgm_jax.models import asvae, base, stein_vae, vae
+  from dgm_jax.nets import discriminators, mlp, recognition
   return {
       "activation": tuple(sorted(mlp.ACTIVATIONS)),
       "disc_activation": tuple(sorted(mlp.ACTIVATIONS)),

@@ -145,3 +145,16 @@ def test_a_toy_config_given_to_an_image_experiment_names_the_toys_launcher(metho
   message = str(raised.value)
   assert "python -m experiments.gmm --config=configs/gmm.py" in message, message
   assert f"section '{method}' has no latent_dim" in message, message
+
+
+@pytest.mark.parametrize("module", ["dgm_jax.models.vae", "dgm_jax.models.asvae",
+                                    "dgm_jax.models.stein_vae", "dgm_jax.train.config_check"])
+def test_each_module_imports_first_in_a_fresh_process(module):
+  """config_check reads its choices from the model modules, which import the train package
+  (and so config_check): a top-level import of them there was a cycle when a test module
+  imported ``dgm_jax.models.vae`` first."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
