@@ -62,16 +62,13 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     try:
       self._check_fits(abstract_state, step)
+      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     except _Mismatch as error:
       raise ConfigError(
           f"the checkpoint at step {step} in {self.directory} does not fit the config "
           f"({str(error)[:300]}); use the config it was written with (the workdir's "
           "config.json) or a new --workdir") from None
-    except Exception as error:  # pylint: disable=broad-except
-      raise self._damaged(step, error) from None
-    try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:  # pylint: disable=broad-except  # unreadable: damaged
       raise self._damaged(step, error) from None
 
   def _damaged(self, step, error):

@@ -31,7 +31,6 @@ EARLY_STOPPING_METRICS = {"nll_nats": True, "error_rate": True, "elbo_nats": Fal
 # Network keys of a method section (checked where the section has them: asvae, ali, vae, stein_vae).
 _ARCH_KEYS = ("encoder_arch", "decoder_arch")
 _CONV_FEATURE_KEYS = ("encoder_conv_features", "decoder_conv_features")
-_KERNEL_SIZE_KEYS = ("conv_first_kernel_size", "conv_kernel_size", "disc_kernel_size")
 # Data sets of the posterior toys, which have launchers of their own.
 _TOYS = ("gmm", "pfa")
 # Keys of any model section (the methods' and the toys'), checked where a section has them, so a
@@ -39,9 +38,10 @@ _TOYS = ("gmm", "pfa")
 _SECTION_POSITIVE_INTS = (
     "latent_dim", "num_particles", "encoder_steps", "decoder_samples", "num_samples",
     "labeled_batch_size", "labels_per_class", "entropy_particles", "eval_elbo_samples",
-    "num_chains", "thin", "num_draws")
+    "num_chains", "thin", "num_draws", "conv_first_kernel_size", "conv_kernel_size",
+    "disc_kernel_size")
 _SECTION_NON_NEGATIVE_INTS = ("flow_length", "decoder_grad_particles", "encoder_fit_particles",
-                              "num_burnin")
+                              "num_burnin", "conv_stage_depth")
 # Hidden-layer widths: a tuple of positive integers (empty: no hidden layer).
 _SECTION_WIDTHS = ("encoder_hidden", "decoder_hidden", "hidden_sizes", "disc_joint_hidden",
                    "disc_z_hidden", "disc_x_features")
@@ -224,12 +224,6 @@ def _network_problems(section, method_name):
     if not (isinstance(value, (tuple, list)) and value and all(_is_positive_int(v) for v in value)):
       problems.append(f"{method_name}.{key}={value!r} must be a non-empty tuple of positive "
                       "integers (channels per stride-2 stage)")
-  for key in _KERNEL_SIZE_KEYS:
-    if key in section and not _is_positive_int(section[key]):
-      problems.append(f"{method_name}.{key}={section[key]!r} must be a positive integer")
-  depth = section.get("conv_stage_depth", 0)
-  if not (isinstance(depth, int) and depth >= 0):
-    problems.append(f"{method_name}.conv_stage_depth={depth!r} must be an integer >= 0")
   return problems
 
 
