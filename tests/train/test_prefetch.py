@@ -1,0 +1,22 @@
+"""``loop.prefetch_block_steps``: a block of prefetched batches stays under its byte budget."""
+
+import types
+
+import numpy as np
+
+from dgm_jax.train import loop
+
+
+def _data(shape, dtype=np.float32):
+  return types.SimpleNamespace(splits={"train": np.zeros((2,) + shape, dtype)})
+
+
+def test_default_blocks_keep_their_length_and_huge_batches_shrink_them():
+  mnist = _data((28, 28, 1))
+  assert loop.prefetch_block_steps(50, 100, mnist) == 50  # 0.3 MB a step
+  step_bytes = 100_000 * 784 * 4  # the batch that was killed for memory, 50 at once
+  assert step_bytes > loop.PREFETCH_BYTES and loop.prefetch_block_steps(50, 100_000, mnist) == 1
+  budget_steps = loop.PREFETCH_BYTES // (5_000 * 784 * 4)
+  assert 1 < budget_steps < 50
+  assert loop.prefetch_block_steps(50, 5_000, mnist) == budget_steps
+  assert budget_steps * 5_000 * 784 * 4 <= loop.PREFETCH_BYTES
