@@ -491,6 +491,26 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
       repulsive = (2.0 / bandwidth) * jnp.einsum("nm,nmd->nd", gram, differences @ precision)
       return jnp.linalg.solve(precision, (gram @ particle_scores + alpha * repulsive).T).T
   moved = z + section.svgd_step_size * jax.vmap(direction)(z, scores, weights)
+
+  def bandwidth(particles):  # the kernel's h, as the step's kernel_bandwidth metric averages it
+    if kernel == "coordinatewise":  # one h per coordinate
+      return jnp.mean(jnp.stack([kernels.median_bandwidth(particles[:, d:d + 1],
+                                                          section.bandwidth_convention)
+                                 for d in range(particles.shape[1])]))
+    if preconditioner == "gauss_newton":  # h of the whitened particles L^T z
+      mean = jnp.mean(particles, axis=0)
+      jac = jax.jacrev(lambda c: decoder.apply(theta, c))(mean)
+      p = jax.nn.sigmoid(decoder.apply(theta, mean))
+      precision = jac.T @ ((p * (1 - p))[:, None] * jac) + jnp.eye(mean.shape[0])
+      particles = particles @ jnp.linalg.cholesky(precision)
+    return kernels.median_bandwidth(particles, section.bandwidth_convention)
+  np.testing.assert_allclose(metrics["kernel_bandwidth"], jnp.mean(jax.vmap(bandwidth)(z)),
+                             rtol=1e-4)
+  np.testing.assert_allclose(metrics["particle_move"],
+                             jnp.mean(jnp.linalg.norm(moved - z, axis=-1)), rtol=1e-5)
+  if section.importance_weighted:  # Kish's ESS of each example's weights, averaged
+    np.testing.assert_allclose(metrics["effective_sample_size"],
+                               jnp.mean(1.0 / jnp.sum(weights**2, axis=1)), rtol=1e-5)
   # The fit's metric: I, or each example's Gauss-Newton precision Q at its mean particle,
   # the error e weighted as e^T Q e.
   def fit_metric(particles):
@@ -515,10 +535,12 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
       log_det = 4 * weights[:, :entropy_particles] * log_det
     return -entropy_weight * section.svgd_step_size * jnp.mean(log_det)
 
+  def fit_loss(e):
+    errors = encoder.apply(e, x[:, None], xi[None, :m_fit], dropout_key) - moved[:, :m_fit]
+    return 0.5 * (4 / m_fit) * jnp.mean(jnp.einsum("bmd,bde,bme->b", errors, metric, errors))
+  # the encoder_fit metric: (4.13) at the step's eta, before its K fitting steps
+  np.testing.assert_allclose(metrics["encoder_fit"], fit_loss(eta), rtol=1e-4)
   for _ in range(encoder_steps):
-    def fit_loss(e):
-      errors = encoder.apply(e, x[:, None], xi[None, :m_fit], dropout_key) - moved[:, :m_fit]
-      return 0.5 * (4 / m_fit) * jnp.mean(jnp.einsum("bmd,bde,bme->b", errors, metric, errors))
     grads = jax.grad(lambda e: fit_loss(e) + entropy_loss(e))(eta)
     updates, enc_state = enc_opt.update(grads, enc_state, eta)
     eta = optax.apply_updates(eta, updates)
@@ -732,3 +754,87 @@ def test_precision_fit_loss_weights_errors_by_the_metric():
   identity = jnp.tile(jnp.eye(4), (2, 1, 1))
   np.testing.assert_allclose(stein_vae.codes_fit_loss(codes, targets, identity),
                              stein_vae.codes_fit_loss(codes, targets), rtol=1e-6)
+
+
+def test_semi_supervised_viwae_weights_see_the_label_term_written_out():
+  """Semi-supervised Stein VIWAE: a labeled code's weight (4.40) is p(x, z) p(y | z)^zeta /
+  q(z | x), the joint its scores (4.54) follow. Written out: the weights' Kish ESS and the
+  weighted label NLL the step reports (dropping zeta log p(y | z) from the weights passed
+  every test before)."""
+  config = mnist.get_config("smoke,semi,viwae")
+  section = config.stein_vae
+  section.update(num_particles=4)
+  data = registry.load("digits")
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
+                  num_classes=10)
+  method = stein_vae.make_method(config, spec)
+  batch = {"x": data.splits["train"][:6], "x_labeled": data.splits["train"][6:8],
+           "label_labeled": data.labels["train"][6:8]}
+  state = method.init(jax.random.PRNGKey(0), batch)
+  key = jax.random.PRNGKey(1)
+  _, metrics = jax.jit(method.train_step)(state, batch, key)
+
+  encoder, decoder = stein_vae.make_nets(section, spec)
+  label_decoder = stein_vae.semi_supervised.LabelDecoder(10)
+  binarize_key, noise_key = jax.random.split(key)
+  x = jnp.concatenate([
+      transforms.dynamic_binarize(binarize_key, batch["x"].reshape(6, -1)),
+      transforms.dynamic_binarize(jax.random.fold_in(binarize_key, 1),
+                                  batch["x_labeled"].reshape(2, -1))])
+  xi = jax.random.normal(noise_key, (4, section.latent_dim))
+  eta, theta = state.params["encoder"], state.params["decoder"]
+  z = encoder.apply(eta, x[:, None], xi[None])  # [8, 4, D]
+  logits = decoder.apply(theta, z)
+  log_joint = (jnp.sum(x[:, None] * logits - jax.nn.softplus(logits), -1)
+               + jnp.sum(scipy.stats.norm.logpdf(z), -1))
+  zeta = x.shape[1] / (10 * 2 / 8)  # N_X / (C rho), rho = 2 labeled of 8
+  label_logits = label_decoder.apply(state.params["label_decoder"], z)
+  labels = jnp.concatenate([jnp.zeros(6, jnp.int32), jnp.asarray(batch["label_labeled"])])
+  log_p_y = jnp.take_along_axis(jax.nn.log_softmax(label_logits), labels[:, None, None],
+                                -1)[..., 0]
+  label_term = jnp.concatenate([jnp.zeros((6, 4)), zeta * log_p_y[6:]])
+  jacobians = jnp.stack([jax.jacfwd(lambda n: encoder.apply(eta, x[b], n))(xi[j])
+                         for b in range(8) for j in range(4)]).reshape(8, 4, *xi.shape[1:] * 2)
+  log_q = (jnp.sum(scipy.stats.norm.logpdf(xi), -1)[None]
+           - jnp.linalg.slogdet(jacobians)[1])
+  weights = jax.nn.softmax(log_joint + label_term - log_q, axis=1)
+  assert float(jnp.max(jnp.abs(weights[6:] - jax.nn.softmax(log_joint - log_q, 1)[6:]))) > 1e-3
+  np.testing.assert_allclose(metrics["effective_sample_size"],
+                             jnp.mean(1.0 / jnp.sum(weights**2, axis=1)), rtol=1e-4)
+  np.testing.assert_allclose(metrics["label_nll"],
+                             -jnp.sum(weights * label_term) / (2 * zeta), rtol=1e-4)
+
+
+def test_the_preconditioner_averages_the_precision_over_decoder_samples():
+  """With M_theta = 2 decoder samples the Gauss-Newton precision Q at each example's mean
+  particle is the mean of the two decoders' (4.12 averages their scores alike); the kernel's
+  bandwidth is the median heuristic of the whitened particles L^T z, so the step's
+  kernel_bandwidth shows which Q it used (the first decoder's alone passed every test)."""
+  config = mnist.get_config("smoke")
+  section = config.stein_vae
+  section.update(num_particles=3, decoder_samples=2, preconditioner="gauss_newton",
+                 bandwidth_convention="median")
+  spec, batch, state, key, _, metrics = digits_step(config)
+  encoder, decoder = stein_vae.make_nets(section, spec)
+  binarize_key, noise_key = jax.random.split(key)
+  x = transforms.dynamic_binarize(binarize_key, batch["x"].reshape(8, -1))
+  xi = jax.random.normal(noise_key, (3, section.latent_dim))
+  z = encoder.apply(state.params["encoder"], x[:, None], xi[None])
+
+  def precision(theta, mean):
+    jac = jax.jacrev(lambda c: decoder.apply(theta, c))(mean)
+    p = jax.nn.sigmoid(decoder.apply(theta, mean))
+    return jac.T @ ((p * (1 - p))[:, None] * jac) + jnp.eye(mean.shape[0])
+
+  def bandwidth(particles, thetas):
+    q = precision(thetas, jnp.mean(particles, axis=0))
+    return kernels.median_bandwidth(particles @ jnp.linalg.cholesky(q), "median")
+  thetas = state.params["decoder"]
+  first, second = (jax.tree_util.tree_map(lambda a, i=i: a[i], thetas) for i in (0, 1))
+  averaged = [kernels.median_bandwidth(
+      z[b] @ jnp.linalg.cholesky(0.5 * (precision(first, jnp.mean(z[b], 0))
+                                       + precision(second, jnp.mean(z[b], 0)))), "median")
+              for b in range(8)]
+  np.testing.assert_allclose(metrics["kernel_bandwidth"], np.mean(averaged), rtol=1e-4)
+  first_only = np.mean([bandwidth(z[b], first) for b in range(8)])
+  assert abs(first_only - np.mean(averaged)) > 1e-3 * np.mean(averaged)
