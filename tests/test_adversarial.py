@@ -415,3 +415,24 @@ class TestNegativePairTerm:
                                1e4 + np.log1p(np.exp(-1.0)) - np.log(3.0), rtol=1e-6)
     grad = jax.grad(adversarial.negative_pair_term)(f)
     np.testing.assert_allclose(grad, special.softmax(np.asarray(f, np.float64)), atol=1e-6)
+
+
+class TestInputGradientPenalty:
+
+  def test_is_the_squared_norm_of_the_x_and_z_gradients(self):
+    """Logit a . x + c . z + d tanh(z_0) on x [B, 2, 3], z [B, 2]: the per-row squared input
+    gradient is the closed form |a|^2 + |c + d sech^2(z_0) e_0|^2 (for d = 0, the squared
+    norm of the whole weight vector, x and z parts), and the logits are numpy's."""
+    rng = np.random.default_rng(0)
+    a, c = rng.normal(size=(2, 3)), rng.normal(size=2)
+    x, z = rng.normal(size=(4, 2, 3)), rng.normal(size=(4, 2))
+    for d in (0.0, 1.5):
+      def logit_fn(x, z, d=d):
+        return jnp.sum(x * a, axis=(1, 2)) + z @ c + d * jnp.tanh(z[:, 0])
+      logits, grad_sq = adversarial.logits_and_input_gradient_sq(logit_fn, x, z)
+      np.testing.assert_allclose(
+          logits, np.sum(x * a, axis=(1, 2)) + z @ c + d * np.tanh(z[:, 0]), rtol=1e-12)
+      grad_z = np.tile(c, (4, 1))
+      grad_z[:, 0] += d / np.cosh(z[:, 0])**2
+      np.testing.assert_allclose(grad_sq, np.sum(a**2) + np.sum(grad_z**2, axis=1),
+                                 rtol=1e-12)

@@ -3,6 +3,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+import scipy.special
 import scipy.stats
 from hypothesis import given, strategies as st
 
@@ -88,6 +90,39 @@ class TestNormalizedWeights:
     assert 1.0 - 1e-9 <= ess <= 3.0 + 1e-9
 
 
+class TestNonDefaultAxis:
+  """Every bound and weight function along a sample axis other than 0, on non-square
+  arrays, against numpy / scipy reductions over that axis."""
+
+  LOG_W = np.random.default_rng(5).normal(size=(4, 7)) * 20.0
+
+  def test_elbo_along_axis_1(self):
+    """The mean of log p - log q over axis 1, numpy's."""
+    log_joint = np.random.default_rng(6).normal(size=(3, 5)) * 4.0
+    log_q = np.random.default_rng(7).normal(size=(3, 5))
+    np.testing.assert_allclose(bounds.elbo(log_joint, log_q, axis=1),
+                               np.mean(log_joint - log_q, axis=1), rtol=1e-12)
+
+  @pytest.mark.parametrize("axis", [0, 1])
+  def test_normalized_weights_along_axis(self, axis):
+    """scipy.special.softmax over the same axis: each slice along it sums to one."""
+    got = bounds.normalized_weights(jnp.asarray(self.LOG_W), axis=axis)
+    np.testing.assert_allclose(got, scipy.special.softmax(self.LOG_W, axis=axis),
+                               rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(np.sum(got, axis=axis), 1.0, rtol=1e-12)
+
+  @pytest.mark.parametrize("axis", [0, 1])
+  def test_effective_sample_size_along_axis(self, axis):
+    """Kish's 1 / sum w^2 of numpy-normalized weights, per column ([K, B], axis 0) or per
+    row ([B, M], axis 1)."""
+    w = np.exp(self.LOG_W - self.LOG_W.max(axis=axis, keepdims=True))
+    w /= w.sum(axis=axis, keepdims=True)
+    expected = 1.0 / np.sum(w**2, axis=axis)
+    got = bounds.effective_sample_size(jnp.asarray(self.LOG_W), axis=axis)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert np.all(got >= 1.0 - 1e-12) and np.all(got <= self.LOG_W.shape[axis] + 1e-9)
+
+
 class TestImportanceWeightedKL:
 
   @given(mean=finite(-2.0, 2.0), log_std=finite(-0.7, 0.4))
@@ -131,6 +166,21 @@ class TestImportanceWeightedKL:
         lk.gaussian_log_prob(z, 0.0, 0.0) + 3.0, lk.gaussian_log_prob(z, mean, 2 * log_std),
         log_normalizer=3.0))
     assert abs(draws.mean() - analytic) <= 4 * draws.std() / np.sqrt(draws.size) + 1e-9
+
+  def test_samples_along_axis_1(self):
+    """Samples on axis 1: per row, minus scipy's log-mean-exp of log p - log q over that
+    axis; with one sample per row, the mean over rows is the analytic KL(q||p)."""
+    mean, std = 1.0, np.exp(-0.3)
+    analytic = 0.5 * (std**2 + mean**2 - 1.0) - np.log(std)
+    rng = np.random.default_rng(5)
+    for k in (1, 10):
+      z = mean + std * rng.normal(size=(4000 // k, k))
+      log_p, log_q = scipy.stats.norm.logpdf(z), scipy.stats.norm.logpdf(z, mean, std)
+      draws = np.asarray(bounds.importance_weighted_kl(log_p, log_q, axis=1))
+      expected = np.log(k) - scipy.special.logsumexp(log_p - log_q, axis=1)
+      np.testing.assert_allclose(draws, expected, rtol=1e-12, atol=1e-12)
+      if k == 1:
+        assert abs(draws.mean() - analytic) <= 4 * draws.std() / np.sqrt(draws.size)
 
 
 def test_jit_equals_eager():

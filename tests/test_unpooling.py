@@ -142,6 +142,16 @@ class TestDeterministicUnpool:
     assert unpooling.most_probable_slot(one_hot(slots, num_slots),
                                         pool_size) == mode
 
+  def test_most_probable_slot_skips_a_more_frequent_all_zero_slot(self):
+    """Maps of pool 2 with the all-zero slot (index 4) chosen in most blocks: the answer is
+    numpy's mode over the four position slots alone (slot 2), inside [0, 4)."""
+    slots = np.array([[4, 4, 4, 4, 4, 4, 2, 2, 2, 1],
+                      [4, 4, 4, 4, 4, 0, 2, 2, 3, 1]]).reshape(2, 5, 2, 1)
+    counts = np.bincount(slots.ravel(), minlength=5)
+    assert counts.argmax() == 4
+    got = unpooling.most_probable_slot(one_hot(slots, 5), 2)
+    assert int(got) == np.argmax(counts[:4]) == 2
+
 
 class TestSampleMap:
 

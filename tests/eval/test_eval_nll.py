@@ -119,6 +119,26 @@ def test_laplace_newton_steps_never_go_downhill():
   assert np.all(np.asarray(precisions) >= 1e-2) and np.all(np.isfinite(np.asarray(mode)))
 
 
+def test_laplace_rejects_a_newton_step_that_overshoots_downhill():
+  """log p = -log cosh(z) from z0 = 2: the precision sech^2(2) = 0.07 (above the 1e-2 floor)
+  makes the full Newton step tanh(2) / sech^2(2) = 13.6 long, to z = -11.6 where numpy's
+  -log cosh is 10 nats lower. The full step alone is rejected at every iteration (the mode
+  stays at 2, its precision sech^2(2)); with a tenth of it on offer too, the iterates climb
+  to the maximum at 0, where the precision is sech^2(0) = 1."""
+  def log_joint(z):  # [n, 1] -> [n]
+    return -jnp.logaddexp(z[:, 0], -z[:, 0]) + math.log(2.0)
+
+  newton = 2.0 - np.tanh(2.0) / np.cosh(2.0) ** -2
+  assert -np.log(np.cosh(newton)) < -np.log(np.cosh(2.0)) - 9.0
+  mode, precisions, _ = nll.laplace_proposal(log_joint, jnp.asarray([2.0]))
+  np.testing.assert_array_equal(mode, [2.0])
+  np.testing.assert_allclose(precisions, [np.cosh(2.0) ** -2], rtol=1e-12)
+
+  mode, precisions, _ = nll.laplace_proposal(log_joint, jnp.asarray([2.0]), 6,
+                                             step_scales=(1.0, 0.1))
+  assert abs(float(mode[0])) < 1e-8 and float(precisions[0]) == pytest.approx(1.0, rel=1e-12)
+
+
 def test_standard_error_is_scipys_sem_and_zero_for_one_image():
   """The standard error of a mean NLL is scipy's ``sem``; one image has none to estimate (0)."""
   values = np.random.default_rng(1).normal(95.0, 25.0, size=37)

@@ -54,6 +54,23 @@ def test_prediction_errors_average_probabilities_over_codes():
   np.testing.assert_array_equal(semi_supervised.prediction_errors(logits, jnp.array([0])), [1])
 
 
+def test_prediction_errors_average_probabilities_not_logits():
+  """Codes [0.9, 0.1], [0.9, 0.1], [1e-4, 1 - 1e-4]: numpy's mean probability picks class 0
+  (0.6 to 0.4), the mean log-probability class 1 (-3.1 to -1.5). Each code's logits are
+  shifted by a different constant, which its softmax ignores; the second example is random
+  logits against numpy's softmax mean."""
+  probs = np.array([[0.9, 0.1], [0.9, 0.1], [1e-4, 1 - 1e-4]])
+  assert np.argmax(probs.mean(0)) == 0 and np.argmax(np.log(probs).mean(0)) == 1
+  random_logits = np.random.default_rng(3).normal(size=(3, 2)) * 3.0
+  logits = np.stack([np.log(probs) + np.array([[5.0], [-2.0], [0.5]]), random_logits])
+  expected = np.argmax(scipy.special.softmax(logits, axis=-1).mean(1), axis=-1)
+  assert expected[0] == 0
+  for labels in (expected, 1 - expected):
+    np.testing.assert_array_equal(
+        semi_supervised.prediction_errors(jnp.asarray(logits), jnp.asarray(labels)),
+        (labels != expected).astype(np.float32))
+
+
 def test_labeled_subset_is_class_balanced_and_seeded():
   labels = np.repeat(np.arange(10), 50)[np.random.default_rng(0).permutation(500)]
   subset = pipeline.labeled_subset(labels, 7, seed=3)
