@@ -2,7 +2,7 @@
 
   python -m experiments.stein_vae --config=configs/mnist.py
   python -m experiments.stein_vae --config=configs/mnist.py:viwae       # Stein VIWAE
-  python -m experiments.stein_vae --config=configs/mnist.py:smoke --workdir=/tmp/vae
+  python -m experiments.stein_vae --config=configs/mnist.py:smoke --workdir=/tmp/stein_vae
 """
 
 from absl import flags

@@ -1,5 +1,6 @@
 """Orbax checkpoints of the train state under ``<workdir>/checkpoints``
-(and, with early stopping, the best validated state under ``<workdir>/best``).
+(and, with early stopping, the best validated state under ``<workdir>/best``; DESIGN
+sections 3 and 9.5).
 
 Restoring goes through the abstract state from ``jax.eval_shape(init)``
 (shapes, dtypes and target shardings), so a resumed run gets arrays laid out

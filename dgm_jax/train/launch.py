@@ -1,4 +1,5 @@
-"""What every absl launcher in ``experiments/`` shares: flags -> config -> run.
+"""What every absl launcher in ``experiments/`` shares: flags -> config -> run (DESIGN
+sections 3 and 7).
 
 Known failures (a bad config value, missing or damaged data, a batch that does
 not split, a non-finite loss) end the process with one line on stderr and

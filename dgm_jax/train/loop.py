@@ -207,7 +207,13 @@ def make_workdir(workdir):
 
 
 def default_workdir(method_name, dataset):
-  return os.path.join("runs", f"{method_name}_{dataset}_{time.strftime('%Y%m%d-%H%M%S')}")
+  """``runs/<method>_<dataset>_<date>-<time>[-<pid>]``. The process id keeps runs started in
+  the same second apart (a shell loop over seeds put them all in one folder, appending to one
+  ``metrics.jsonl``); a multi-process run leaves it out, since its processes must agree."""
+  name = f"{method_name}_{dataset}_{time.strftime('%Y%m%d-%H%M%S')}"
+  if jax.process_count() == 1:
+    name += f"-{os.getpid()}"
+  return os.path.join("runs", name)
 
 
 class _Trainer:

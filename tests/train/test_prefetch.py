@@ -1,4 +1,5 @@
-"""``loop.prefetch_block_steps``: a block of prefetched batches stays under its byte budget."""
+"""``loop.prefetch_block_steps``: a block of prefetched batches stays under its byte budget;
+``loop.default_workdir``: runs started in the same second get folders of their own."""
 
 import types
 
@@ -20,3 +21,13 @@ def test_default_blocks_keep_their_length_and_huge_batches_shrink_them():
   assert 1 < budget_steps < 50
   assert loop.prefetch_block_steps(50, 5_000, mnist) == budget_steps
   assert budget_steps * 5_000 * 784 * 4 <= loop.PREFETCH_BYTES
+
+
+def test_default_workdirs_of_runs_started_together_differ(monkeypatch):
+  """Three seeds started by one shell loop in the same second used to share one folder."""
+  names = set()
+  for pid in (101, 102, 103):
+    monkeypatch.setattr(loop.os, "getpid", lambda pid=pid: pid)
+    monkeypatch.setattr(loop.time, "strftime", lambda fmt: "20261206-120000")
+    names.add(loop.default_workdir("vae", "mnist"))
+  assert names == {f"runs/vae_mnist_20261206-120000-{pid}" for pid in (101, 102, 103)}
