@@ -417,7 +417,8 @@ def _whitened(exact_cov, mean_error, sample_cov):
 
 
 def history_records(metrics_by_method, log_every):
-  """Train metrics every ``log_every`` Stein iterations as ``metrics.jsonl`` rows.
+  """Train metrics every ``log_every`` Stein iterations as ``metrics.jsonl`` rows, each
+  the mean over the iterations since the row before, as the training loop's rows.
 
   Args:
     metrics_by_method: name -> {metric: [T_name]}; a method with k times as
@@ -433,8 +434,10 @@ def history_records(metrics_by_method, log_every):
     for metric, values in metrics.items():
       values = np.asarray(values, np.float64)
       flat[f"{name}/{metric}"] = values.reshape(num_steps, -1).mean(axis=1)
-  steps = list(range(log_every - 1, num_steps, log_every)) or [num_steps - 1]
-  return [(step + 1, {k: float(v[step]) for k, v in flat.items()}) for step in steps]
+  ends = list(range(log_every, num_steps + 1, log_every)) or [num_steps]
+  starts = [0] + ends[:-1]
+  return [(end, {k: float(np.mean(v[start:end])) for k, v in flat.items()})
+          for start, end in zip(starts, ends)]
 
 
 def save_posterior_figure(path, x, samples_by_method, num_points, max_dots=500):

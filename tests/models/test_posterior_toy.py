@@ -183,3 +183,17 @@ def test_evaluate_moment_errors_against_scipy():
   np.testing.assert_allclose(q["mean_error_whitened"], 1.0, rtol=1e-3)
   np.testing.assert_allclose(q["mean_rel_error"], np.sqrt(0.001) / 5.0, rtol=1e-3)
   np.testing.assert_allclose(q["mean_error_in_std"], np.sqrt(0.001 / 0.011), rtol=1e-3)
+
+
+def test_history_rows_average_the_iterations_since_the_row_before():
+  """Every log_every iterations the mean since the previous row (it was the single value
+  at that iteration); a method with twice the updates is first averaged in pairs."""
+  stein = {"loss": np.arange(10.0)}
+  vae = {"loss": np.arange(20.0)}
+  rows = posterior_toy.history_records({"stein": stein, "vae": vae}, log_every=4)
+  assert [step for step, _ in rows] == [4, 8]
+  assert rows[0][1] == {"stein/loss": np.mean([0, 1, 2, 3]),
+                        "vae/loss": np.mean(np.arange(8.0))}
+  assert rows[1][1]["stein/loss"] == np.mean([4, 5, 6, 7])
+  short = posterior_toy.history_records({"stein": {"loss": np.array([1.0, 3.0])}}, log_every=5)
+  assert short == [(2, {"stein/loss": 2.0})]
