@@ -254,9 +254,12 @@ class _Trainer:
     # Evaluation is data parallel too: the batch split over the devices, params and key
     # replicated (jit's semantics are global, so the draws are those of one device).
     eval_shardings = (self.replicated, self.batch_sharding, self.replicated)
-    self.eval_fn = jax.jit(method.eval_step, in_shardings=eval_shardings)
+    # Replicated outputs: every process reads the whole batch's per-example values (a
+    # split output would hold rows on other hosts' devices, which device_get cannot read).
+    self.eval_fn = jax.jit(method.eval_step, in_shardings=eval_shardings,
+                           out_shardings=self.replicated)
     self.log_lik_fn = jax.jit(method.log_likelihood, static_argnums=3,
-                              in_shardings=eval_shardings)
+                              in_shardings=eval_shardings, out_shardings=self.replicated)
     self.checkpointer = checkpoint.Checkpointer(workdir)
     self.writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
     metric = config.train.get("early_stopping", "")
@@ -423,6 +426,8 @@ class _Trainer:
     progress = writers.ProgressLine(0, total, unit="examples", every_s=60.0)
     for i, batch, mask in self._batches(split):
       batch_key = jax.random.fold_in(key, i)
+      # Placed first: jit refuses a host array under a sharding across processes.
+      batch = parallel.shard_batch(batch, self.batch_sharding)
       per_example = dict(self.eval_fn(params, batch, batch_key))
       if num_importance_samples:
         per_example["nll_nats"] = -self.log_lik_fn(params, batch, batch_key, num_importance_samples)

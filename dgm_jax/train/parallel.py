@@ -73,12 +73,17 @@ def maybe_initialize_distributed(enabled):
   """Starts multi-host JAX when asked to, or when Slurm launched several tasks.
 
   ``jax.distributed.initialize()`` reads the coordinator, process count and
-  id from Slurm's environment by itself.
+  id from Slurm's environment by itself. Off a cluster, ``JAX_COORDINATOR_ADDRESS``
+  (which JAX reads) with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (which it does not:
+  they are passed here) start the processes by hand, e.g. several on one machine.
   """
   slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
   if enabled or slurm_tasks > 1:
+    by_hand = {name: int(os.environ[var]) for name, var in (
+        ("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+               if os.environ.get(var, "").strip()}
     try:
-      jax.distributed.initialize()
+      jax.distributed.initialize(**by_hand)
     except (ValueError, RuntimeError) as error:  # no coordinator found in the environment
       raise ConfigError(f"distributed=True: jax.distributed.initialize() failed "
                         f"({str(error).splitlines()[0][:200]}); launch the processes with Slurm "
