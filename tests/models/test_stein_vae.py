@@ -101,6 +101,24 @@ def digits_step(config):
   return spec, batch, state, key, new_state, metrics
 
 
+def written_out_precision(decoder, theta, mean):
+  """The Gauss-Newton precision ``J^T diag(p (1 - p)) J + I`` of Bernoulli pixels at the code
+  ``mean``, J the logits' Jacobian by reverse mode (the model's uses forward mode)."""
+  jac = jax.jacrev(lambda c: decoder.apply(theta, c))(mean)
+  p = jax.nn.sigmoid(decoder.apply(theta, mean))
+  return jac.T @ ((p * (1 - p))[:, None] * jac) + jnp.eye(mean.shape[0])
+
+
+def step_codes(section, spec, batch, state, key):
+  """``(decoder, x, z)`` of ``digits_step``'s step: its binarized images [8, P] and the
+  codes ``f_eta(x, xi)`` [8, M, D] of its shared noise, written out."""
+  encoder, decoder = stein_vae.make_nets(section, spec)
+  binarize_key, noise_key = jax.random.split(key)
+  x = transforms.dynamic_binarize(binarize_key, batch["x"].reshape(8, -1))
+  xi = jax.random.normal(noise_key, (section.num_particles, section.latent_dim))
+  return decoder, x, encoder.apply(state.params["encoder"], x[:, None], xi[None])
+
+
 def test_viwae_step_reports_normalized_weights_effective_sample_size():
   config = mnist.get_config("smoke,viwae")
   *_, new_state, metrics = digits_step(config)
@@ -297,11 +315,7 @@ def test_decoder_samples_move_by_svgd_on_their_flattened_parameters_written_out(
                  adam_eps=1e4)  # Adam's first step is then lr g / (|g| + eps), written out below
   spec, batch, state, key, new_state, metrics = digits_step(config)
 
-  encoder, decoder = stein_vae.make_nets(section, spec)
-  binarize_key, noise_key = jax.random.split(key)
-  x = transforms.dynamic_binarize(binarize_key, batch["x"].reshape(8, -1))
-  xi = jax.random.normal(noise_key, (3, section.latent_dim))
-  z = encoder.apply(state.params["encoder"], x[:, None], xi[None])
+  decoder, x, z = step_codes(section, spec, batch, state, key)
   thetas = state.params["decoder"]
   unravel = jax.flatten_util.ravel_pytree(jax.tree_util.tree_map(lambda a: a[0], thetas))[1]
   flatten = jax.vmap(lambda theta: jax.flatten_util.ravel_pytree(theta)[0])  # [2, P]
@@ -479,10 +493,7 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
     # Q = J^T diag(p (1 - p)) J + I at the mean particle (J by reverse mode here), and h
     # the median heuristic of the whitened particles L^T z.
     def direction(particles, particle_scores, w):
-      mean = jnp.mean(particles, axis=0)
-      jac = jax.jacrev(lambda c: decoder.apply(theta, c))(mean)
-      p = jax.nn.sigmoid(decoder.apply(theta, mean))
-      precision = jac.T @ ((p * (1 - p))[:, None] * jac) + jnp.eye(mean.shape[0])
+      precision = written_out_precision(decoder, theta, jnp.mean(particles, axis=0))
       whitened = particles @ jnp.linalg.cholesky(precision)
       bandwidth = kernels.median_bandwidth(whitened, section.bandwidth_convention)
       differences = particles[:, None] - particles[None]  # [n, m, D]: z_n - z_m
@@ -498,10 +509,7 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
                                                           section.bandwidth_convention)
                                  for d in range(particles.shape[1])]))
     if preconditioner == "gauss_newton":  # h of the whitened particles L^T z
-      mean = jnp.mean(particles, axis=0)
-      jac = jax.jacrev(lambda c: decoder.apply(theta, c))(mean)
-      p = jax.nn.sigmoid(decoder.apply(theta, mean))
-      precision = jac.T @ ((p * (1 - p))[:, None] * jac) + jnp.eye(mean.shape[0])
+      precision = written_out_precision(decoder, theta, jnp.mean(particles, axis=0))
       particles = particles @ jnp.linalg.cholesky(precision)
     return kernels.median_bandwidth(particles, section.bandwidth_convention)
   np.testing.assert_allclose(metrics["kernel_bandwidth"], jnp.mean(jax.vmap(bandwidth)(z)),
@@ -516,10 +524,7 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   def fit_metric(particles):
     if section.fit_metric == "euclidean":
       return jnp.eye(particles.shape[1])
-    mean = jnp.mean(particles, axis=0)
-    jac = jax.jacrev(lambda c: decoder.apply(theta, c))(mean)
-    p = jax.nn.sigmoid(decoder.apply(theta, mean))
-    return jac.T @ ((p * (1 - p))[:, None] * jac) + jnp.eye(mean.shape[0])
+    return written_out_precision(decoder, theta, jnp.mean(particles, axis=0))
   metric = jax.vmap(fit_metric)(z)  # [B, D, D]
   steps_per_epoch = spec.num_train // config.data.batch_size
   enc_opt = make_optimizer(section, config.train.num_steps * encoder_steps,
@@ -815,26 +820,15 @@ def test_the_preconditioner_averages_the_precision_over_decoder_samples():
   section.update(num_particles=3, decoder_samples=2, preconditioner="gauss_newton",
                  bandwidth_convention="median")
   spec, batch, state, key, _, metrics = digits_step(config)
-  encoder, decoder = stein_vae.make_nets(section, spec)
-  binarize_key, noise_key = jax.random.split(key)
-  x = transforms.dynamic_binarize(binarize_key, batch["x"].reshape(8, -1))
-  xi = jax.random.normal(noise_key, (3, section.latent_dim))
-  z = encoder.apply(state.params["encoder"], x[:, None], xi[None])
-
-  def precision(theta, mean):
-    jac = jax.jacrev(lambda c: decoder.apply(theta, c))(mean)
-    p = jax.nn.sigmoid(decoder.apply(theta, mean))
-    return jac.T @ ((p * (1 - p))[:, None] * jac) + jnp.eye(mean.shape[0])
-
-  def bandwidth(particles, thetas):
-    q = precision(thetas, jnp.mean(particles, axis=0))
-    return kernels.median_bandwidth(particles @ jnp.linalg.cholesky(q), "median")
+  decoder, _, z = step_codes(section, spec, batch, state, key)
   thetas = state.params["decoder"]
   first, second = (jax.tree_util.tree_map(lambda a, i=i: a[i], thetas) for i in (0, 1))
-  averaged = [kernels.median_bandwidth(
-      z[b] @ jnp.linalg.cholesky(0.5 * (precision(first, jnp.mean(z[b], 0))
-                                       + precision(second, jnp.mean(z[b], 0)))), "median")
-              for b in range(8)]
-  np.testing.assert_allclose(metrics["kernel_bandwidth"], np.mean(averaged), rtol=1e-4)
-  first_only = np.mean([bandwidth(z[b], first) for b in range(8)])
-  assert abs(first_only - np.mean(averaged)) > 1e-3 * np.mean(averaged)
+
+  def mean_bandwidth(precision_of):  # h of each example's whitened particles, averaged
+    return np.mean([kernels.median_bandwidth(
+        z[b] @ jnp.linalg.cholesky(precision_of(jnp.mean(z[b], 0))), "median") for b in range(8)])
+  averaged = mean_bandwidth(lambda mean: 0.5 * (written_out_precision(decoder, first, mean)
+                                                + written_out_precision(decoder, second, mean)))
+  np.testing.assert_allclose(metrics["kernel_bandwidth"], averaged, rtol=1e-4)
+  first_only = mean_bandwidth(lambda mean: written_out_precision(decoder, first, mean))
+  assert abs(first_only - averaged) > 1e-3 * averaged
