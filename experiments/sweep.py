@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -457,10 +458,23 @@ def _claim_workdir(workdir, spec):
 
 
 def _write_json(path, obj):
+  """Writes strict JSON (``jq`` reads it): a non-finite override such as ``1e999`` is
+  written as the text ``"inf"``, not as the bare token ``Infinity``."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
+    json.dump(_finite_or_text(obj), f, indent=2, default=str, allow_nan=False)
   os.replace(tmp, path)
+
+
+def _finite_or_text(obj):
+  """``obj`` with each NaN or infinite float replaced by its text (``'nan'``, ``'-inf'``)."""
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return repr(obj)
+  if isinstance(obj, dict):
+    return {key: _finite_or_text(value) for key, value in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite_or_text(value) for value in obj]
+  return obj
 
 
 def _fail(message):

@@ -267,6 +267,19 @@ def test_a_damaged_point_results_file_fails_its_point_not_the_table(tmp_path):
   assert "seed=0/results.json" in record["error"]
 
 
+def test_a_non_finite_override_is_written_as_strict_json(tmp_path):
+  """``--grid=vae.learning_rate=1e999`` parses to inf; ``sweep_results.json`` held the bare
+  token ``Infinity``, which ``jq`` and strict JSON readers refuse."""
+  point = sweep.Point("lr=inf", {"vae.learning_rate": sweep.parse_value("1e999"),
+                                 "seed": float("nan"), "tags": [float("-inf"), 1.5]})
+  path = str(tmp_path / "sweep_results.json")
+  sweep._write_json(path, [sweep._record(point, str(tmp_path), ("failed (exit 1)", 1, "x"))])  # pylint: disable=protected-access
+  with open(path) as f:
+    stored = json.load(f, parse_constant=lambda token: pytest.fail(f"bare {token}"))
+  assert stored[0]["overrides"] == {"vae.learning_rate": "inf", "seed": "nan",
+                                    "tags": ["-inf", 1.5]}
+
+
 def test_a_workdir_under_a_file_is_one_error_line(tmp_path):
   (tmp_path / "a_file").write_text("")
   code, out, err = run_sweep(SMOKE, "--grid=seed=0", f"--workdir={tmp_path / 'a_file' / 'x'}",

@@ -17,8 +17,6 @@ resumed run goes on comparing), and the test split, samples and scores are
 those of that state; ``results.json`` records which (``early_stopping``).
 """
 
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -139,48 +137,6 @@ def prefetch_block_steps(prefetch_steps, batch_size, data):
   x = data.splits["train"]
   step_bytes = batch_size * int(np.prod(x.shape[1:])) * x.dtype.itemsize
   return int(max(1, min(prefetch_steps, PREFETCH_BYTES // max(step_bytes, 1))))
-
-
-DATA_RECORD = "data.json"  # the workdir's record of the data its checkpoints were trained on
-
-
-def data_record(data):
-  """What a resumed run must find again: the data set, its split sizes and a digest of the
-  training split (images and labels), wherever and in whatever format it is read."""
-  digest = hashlib.blake2b(digest_size=16)
-  digest.update(np.ascontiguousarray(data.splits["train"]).tobytes())
-  if data.labels["train"] is not None:
-    digest.update(np.ascontiguousarray(data.labels["train"]).tobytes())
-  return {"dataset": data.name, "source": data.source, "num_examples": dict(data.num_examples),
-          "train_digest": digest.hexdigest()}
-
-
-def check_resumed_data(data, workdir):
-  """Refuses to resume ``workdir`` on data other than its checkpoints were trained on (full
-  MNIST then the bundled digits, say, when ``$DGM_JAX_DATA_DIR`` is unset): the run would be
-  a splice of two data sets. A workdir from before ``data.json`` existed is not checked.
-
-  Raises:
-    ConfigError: naming both sources.
-  """
-  path = os.path.join(workdir, DATA_RECORD)
-  if not os.path.isfile(path):
-    return
-  try:
-    with open(path) as f:
-      stored = json.load(f)
-  except (OSError, ValueError) as error:
-    raise guards.ConfigError(f"{path} cannot be read ({error}): it records the data this "
-                             "workdir was trained on; train into a fresh --workdir") from None
-  current = data_record(data)
-  keys = ("dataset", "num_examples", "train_digest")
-  if any(stored.get(key) != writers.as_json(current[key]) for key in keys):
-    raise guards.ConfigError(
-        f"{workdir} was trained on {stored.get('dataset')} from {stored.get('source')} "
-        f"({stored.get('num_examples')} examples), but this run reads {current['dataset']} "
-        f"from {current['source']} ({current['num_examples']} examples): point "
-        "--config.data.data_dir (or $DGM_JAX_DATA_DIR) at the same data, or train into a fresh "
-        "--workdir")
 
 
 def _flat(tree, prefix=""):
@@ -309,7 +265,7 @@ class _Trainer:
     self.prior_train_seconds = 0.0
     if latest is None:  # from step 0: rows of an earlier start that kept no checkpoint go
       self.writer.truncate_after(0)
-      writers.write_json(os.path.join(self.workdir, DATA_RECORD), data_record(self.data))
+      writers.write_json(os.path.join(self.workdir, runs.DATA_RECORD), runs.data_record(self.data))
       first = parallel.shard_batch(_index_block(self._host_block(0, 1), 0), self.batch_sharding)
       return self.init_fn(self.init_key, first)
     if latest > self.config.train.num_steps:
@@ -317,7 +273,7 @@ class _Trainer:
           f"the checkpoint in {self.workdir} is at step {latest}, past train.num_steps="
           f"{self.config.train.num_steps}: re-run with num_steps={latest} or more to evaluate "
           "or extend it, or train into a fresh --workdir")
-    check_resumed_data(self.data, self.workdir)
+    runs.check_resumed_data(self.data, self.workdir)
     logging.info("Resuming from the checkpoint at step %d in %s", latest, self.workdir)
     state = self.checkpointer.restore(  # ConfigError: misfit or damaged
         self.abstract_state, latest, is_finite=lambda s: bool(self.state_finite_fn(s)))

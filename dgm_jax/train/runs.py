@@ -10,6 +10,7 @@ does. A finished run's newest checkpoint is its final state.
 (``experiments.decoder_nll``'s paired differences).
 """
 
+import hashlib
 import json
 import os
 from typing import Any, NamedTuple
@@ -21,11 +22,12 @@ import numpy as np
 from dgm_jax import models
 from dgm_jax.data import paths, registry
 from dgm_jax.models.base import DataSpec
-from dgm_jax.train import checkpoint, parallel
+from dgm_jax.train import checkpoint, parallel, writers
 from dgm_jax.train.guards import ConfigError
 
 __all__ = ["Run", "load_run", "read_config", "read_json", "load_data", "data_spec",
-           "abstract_state", "images_evaluated", "check_same_images", "check_trained_data"]
+           "abstract_state", "images_evaluated", "check_same_images", "check_trained_data",
+           "DATA_RECORD", "data_record", "check_resumed_data"]
 
 
 class Run(NamedTuple):
@@ -127,15 +129,63 @@ def load_run(workdir, data=None, step=None):
   return Run(workdir=workdir, config=config, method=method, state=state)
 
 
-def check_trained_data(workdir, data):
-  """Refuses ``data`` when the run's ``results.json`` records other split sizes: this
-  machine found another source of the data set (the 5,000 bundled digits where the run
-  trained on full MNIST, or the reverse), so its images are not the ones the run saw.
-  A run without ``results.json`` (not finished) is not checked.
+DATA_RECORD = "data.json"  # the workdir's record of the data its checkpoints were trained on
+
+
+def data_record(data):
+  """What a resumed or reopened run must find again: the data set, its split sizes and a
+  digest of the training split (images and labels), wherever and in whatever format it is
+  read."""
+  digest = hashlib.blake2b(digest_size=16)
+  digest.update(np.ascontiguousarray(data.splits["train"]).tobytes())
+  if data.labels["train"] is not None:
+    digest.update(np.ascontiguousarray(data.labels["train"]).tobytes())
+  return {"dataset": data.name, "source": data.source, "num_examples": dict(data.num_examples),
+          "train_digest": digest.hexdigest()}
+
+
+def check_resumed_data(data, workdir):
+  """Refuses to resume ``workdir`` on data other than its checkpoints were trained on (full
+  MNIST then the bundled digits, say, when ``$DGM_JAX_DATA_DIR`` is unset): the run would be
+  a splice of two data sets. A workdir from before ``data.json`` existed is not checked.
 
   Raises:
     ConfigError: naming both sources.
   """
+  path = os.path.join(workdir, DATA_RECORD)
+  if not os.path.isfile(path):
+    return
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (OSError, ValueError) as error:
+    raise ConfigError(f"{path} cannot be read ({error}): it records the data this "
+                      "workdir was trained on; train into a fresh --workdir") from None
+  current = data_record(data)
+  keys = ("dataset", "num_examples", "train_digest")
+  if any(stored.get(key) != writers.as_json(current[key]) for key in keys):
+    raise ConfigError(
+        f"{workdir} was trained on {stored.get('dataset')} from {stored.get('source')} "
+        f"({stored.get('num_examples')} examples), but this run reads {current['dataset']} "
+        f"from {current['source']} ({current['num_examples']} examples): point "
+        "--config.data.data_dir (or $DGM_JAX_DATA_DIR) at the same data, or train into a fresh "
+        "--workdir")
+
+
+def check_trained_data(workdir, data):
+  """Refuses ``data`` when it is not what the run in ``workdir`` trained on: by
+  ``data.json``'s digest of the training split (``check_resumed_data``), or for a workdir
+  from before ``data.json`` existed by the split sizes its ``results.json`` records (this
+  machine found another source of the data set: the 5,000 bundled digits where the run
+  trained on full MNIST, or the reverse). An unfinished run without ``data.json`` is not
+  checked.
+
+  Raises:
+    ConfigError: naming both sources.
+  """
+  if os.path.isfile(os.path.join(workdir, DATA_RECORD)):
+    check_resumed_data(data, workdir)
+    return
   path = os.path.join(workdir, "results.json")
   if not os.path.isfile(path):
     return

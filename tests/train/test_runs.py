@@ -41,3 +41,27 @@ def test_a_run_reopened_on_other_data_is_a_config_error(tmp_path):
                                 num_examples={"train": 50000, "valid": 10000, "test": 10000})
   runs.check_trained_data(str(tmp_path), moved)  # the same sizes from a moved folder
   runs.check_trained_data(str(tmp_path / "unfinished"), subset)  # no results.json
+
+
+def _dataset(images, source):
+  import types  # pylint: disable=import-outside-toplevel
+  return types.SimpleNamespace(
+      name="mnist", source=source, splits={"train": images}, labels={"train": None},
+      num_examples={"train": len(images), "valid": 2, "test": 2})
+
+
+def test_a_run_reopened_on_same_sized_other_data_is_refused_by_its_digest(tmp_path):
+  """``data.json`` (written at a fresh start) decides over ``results.json``'s split sizes:
+  other images of the same sizes used to pass."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  trained = _dataset(np.zeros((4, 3), np.float32), "idx:/data/mnist")
+  (tmp_path / "results.json").write_text(json.dumps({
+      "data_source": trained.source, "num_examples": trained.num_examples}))
+  (tmp_path / runs.DATA_RECORD).write_text(json.dumps(runs.data_record(trained)))
+  runs.check_trained_data(str(tmp_path), _dataset(np.zeros((4, 3), np.float32), "idx:/moved"))
+  other = _dataset(np.ones((4, 3), np.float32), "idx:/other")
+  with pytest.raises(ConfigError, match="was trained on mnist from idx:/data/mnist .* reads "
+                                        "mnist from idx:/other"):
+    runs.check_trained_data(str(tmp_path), other)
+  (tmp_path / runs.DATA_RECORD).unlink()  # a workdir from before data.json: sizes only
+  runs.check_trained_data(str(tmp_path), other)
