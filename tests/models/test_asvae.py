@@ -521,3 +521,54 @@ def test_score_function_log_q_is_unbiased_for_the_gradient_of_the_expectation():
   assert np.all(np.abs(grads.mean(0) - exact) < 4 * standard_error)
   assert np.all(standard_error < 0.05 * np.abs(exact))  # the check can tell the gradient from 0
   np.testing.assert_allclose(values.mean(), expectation, atol=4 * values.std() / np.sqrt(2e5))
+
+
+def test_eval_elbo_and_rmse_of_a_flow_encoder_written_out():
+  """The AS-VAE's evaluation with a planar-flow encoder, written out: one draw of
+  ``z_0 = mean + exp(log_var / 2) eps`` (the step's key), ``z = flow(z_0)``, and
+  ``log p(x | z) + log N(z; 0, I) - [log N(z_0; mean, var) - log|det dz/dz_0|]`` with the
+  determinant of the flow's Jacobian by ``jax.jacfwd`` (not the flow's own log-det); x the
+  test images binarized by their split positions (a batch past the first, so positions are
+  not 0..B-1); ``rmse`` of the decoded flow image of the base mean against the gray images.
+  A wrong sign of the log-det, a dropped prior, ``+log q``, ``std = exp(log_var)``, the code
+  without its flow, or rmse against binarized images all passed every test before."""
+  from dgm_jax.data import transforms  # pylint: disable=import-outside-toplevel
+  config = mnist.get_config("smoke")
+  data, method = _digits_method("asvae", flow_length=2)
+  batches = pipeline.eval_batches(data, "test", 8)
+  next(batches)
+  batch = next(batches)
+  batch.pop("mask")
+  assert int(batch["index"][0]) == 8
+  params = method.init(jax.random.PRNGKey(0), batch).params
+  params["encoder"]["flow"] = dict(params["encoder"]["flow"],  # a log-det far from zero
+                                   u=5.0 * params["encoder"]["flow"]["u"],
+                                   w=5.0 * params["encoder"]["flow"]["w"])
+  key = jax.random.PRNGKey(1)
+  out = jax.jit(method.eval_step)(params, batch, key)
+
+  section = config.asvae
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
+  num_pixels = int(np.prod(data.shape))
+  gray = np.asarray(batch["x"]).reshape(8, num_pixels)
+  x = transforms.static_binarize(jnp.asarray(gray), batch["index"], config.eval.binarization_seed)
+  mean, log_var = asvae.encoder_net(section, spec).apply(params["encoder"]["net"], x)
+  eps = jax.random.normal(key, (1, 8, section.latent_dim), x.dtype)[0]
+  z_0 = mean + jnp.exp(0.5 * log_var) * eps
+  flow = params["encoder"]["flow"]
+  forward = lambda v: flows.planar_flow_stack(v, flow)[0]  # pylint: disable=unnecessary-lambda-assignment
+  z = forward(z_0)
+  log_det = np.linalg.slogdet(np.asarray(jax.vmap(jax.jacfwd(forward))(z_0), np.float64))[1]
+  assert np.mean(np.abs(log_det)) > 0.1, log_det
+  z_0, z, mean, std = (np.asarray(a, np.float64) for a in (z_0, z, mean, jnp.exp(0.5 * log_var)))
+  log_q = scipy.stats.norm.logpdf(z_0, mean, std).sum(-1) - log_det
+  decoder = asvae.decoder_net(section, spec, num_pixels)
+  logits = np.asarray(decoder.apply(params["decoder"], jnp.asarray(z, jnp.float32)), np.float64)
+  x = np.asarray(x, np.float64)
+  log_px_z = np.sum(x * logits - np.logaddexp(0.0, logits), -1)
+  elbo = log_px_z + scipy.stats.norm.logpdf(z).sum(-1) - log_q
+  np.testing.assert_allclose(out["elbo_nats"], elbo, rtol=1e-5, atol=1e-3)
+
+  code = forward(jnp.asarray(mean, jnp.float32))
+  probs = 1.0 / (1.0 + np.exp(-np.asarray(decoder.apply(params["decoder"], code), np.float64)))
+  np.testing.assert_allclose(out["rmse"], np.sqrt(np.mean((probs - gray) ** 2, -1)), rtol=1e-5)
