@@ -80,6 +80,15 @@ class TestUniformDequantize:
     np.testing.assert_array_equal(np.floor(y.astype(np.float64) * 256), level)
     assert y.max() < 1.0
 
+  def test_a_level_stored_just_below_its_value_keeps_its_bin(self):
+    """With 100 levels, float32 stores 8 of the k / 99 so that x * 99 falls just below k:
+    the level is rounded, not floored (flooring moved them into the bin below unseen)."""
+    level = np.arange(100)
+    x = jnp.asarray(level / 99, jnp.float32)
+    assert np.sum(np.asarray(x) * np.float32(99) < level) == 8
+    y = np.asarray(transforms.uniform_dequantize(jax.random.PRNGKey(0), x, num_levels=100))
+    np.testing.assert_array_equal(np.floor(y.astype(np.float64) * 100), level)
+
   def test_other_level_counts(self):
     x = jnp.arange(17, dtype=jnp.float32) / 16
     y = np.asarray(transforms.uniform_dequantize(jax.random.PRNGKey(0), x, num_levels=17))
