@@ -1,5 +1,6 @@
 """Classifier score and RMSE (section 5.3) against scipy / numpy; the classifier, its cache, plug-ins."""
 
+import dataclasses
 import json
 import os
 
@@ -205,6 +206,11 @@ def test_project_classifier_is_cached_and_reused(digits, tmp_path, monkeypatch):
   # Other training settings are another classifier.
   with pytest.raises(AssertionError, match="trained although"):
     classifier.resolve_classifier("", digits, num_steps=31)
+  # So are other labels of the same images (a relabelled or shuffled-label split).
+  relabelled = dataclasses.replace(
+      digits, labels=dict(digits.labels, train=((digits.labels["train"] + 1) % 10).astype(np.int32)))
+  with pytest.raises(AssertionError, match="trained although"):
+    classifier.resolve_classifier("", relabelled, num_steps=30)
 
 
 # ----------------------------------------------------------------------------- the loop
