@@ -91,6 +91,25 @@ def test_laplace_is_exact_on_a_linear_gaussian_model(seed):
       rtol=1e-8, atol=1e-10)
 
 
+def test_batched_laplace_is_exact_for_each_example_of_a_batch():
+  """Each example gets its own mode search and proposal (the models' evaluation path): three
+  different x, each estimate equal to its own scipy marginal. Using the first example's for
+  all passed every test before."""
+  rng = np.random.default_rng(3)
+  weights, bias, noise_std = rng.normal(size=(5, 3)) * 2.0, rng.normal(size=5), 0.3
+  x = rng.normal(size=(3, 5)) * 3.0
+  covariance = weights @ weights.T + noise_std**2 * np.eye(5)
+  expected = [stats.multivariate_normal.logpdf(x_n, bias, covariance) for x_n in x]
+
+  def log_joint(x_n, z):
+    return _linear_gaussian_log_joint(x_n, jnp.asarray(weights), jnp.asarray(bias), noise_std)(z)
+
+  got = nll.batched_laplace_log_likelihood(log_joint, jnp.asarray(x), jnp.full((3, 3), 25.0),
+                                           jax.random.PRNGKey(0), 8, 4)
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+  assert np.ptp(expected) > 1.0
+
+
 def test_laplace_matches_quadrature_on_a_bernoulli_decoder():
   """A skewed one-dimensional posterior: the estimate against the integral on a grid."""
   x = jnp.asarray([1.0, 1.0, 0.0, 1.0])
