@@ -24,14 +24,14 @@ if os.environ.get("DGM_JAX_TEST_JIT_CACHE", "1") != "0":
   os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
 
 
-
 def _pin_xdist_worker_to_its_own_cores():
   """Gives each xdist worker (and the launcher processes it starts, which inherit the
   affinity) its own share of the cores, before XLA sizes its thread pools from them.
 
-  Unpinned, each worker's XLA ran as many threads as the machine has cores, and the two
-  workers' pools fought over them: on 2 cores the VIWAE tail-dynamics test took 557 s
-  under ``pytest -n 2`` against 18 s on one core of its own. ``DGM_JAX_TEST_PIN=0`` turns
+  Unpinned, each worker's XLA ran as many threads as the machine has cores, and the
+  workers' pools fought over them: on 2 cores, in a ``pytest -n 2`` run beside one more
+  busy process, the VIWAE tail-dynamics test took 557 s; pinned, beside the same process,
+  48 s (18 s alone on one core). ``DGM_JAX_TEST_PIN=0`` turns
   the pinning off; with fewer cores than workers nothing is pinned."""
   worker = os.environ.get("PYTEST_XDIST_WORKER", "")
   count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)

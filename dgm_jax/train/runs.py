@@ -144,7 +144,11 @@ def data_record(data):
           "train_digest": digest.hexdigest()}
 
 
-def check_resumed_data(data, workdir):
+RESUME_REMEDY = ("point --config.data.data_dir (or $DGM_JAX_DATA_DIR) at the same data, or train "
+                 "into a fresh --workdir")
+
+
+def check_resumed_data(data, workdir, remedy=RESUME_REMEDY):
   """Refuses to resume ``workdir`` on data other than its checkpoints were trained on (full
   MNIST then the bundled digits, say, when ``$DGM_JAX_DATA_DIR`` is unset): the run would be
   a splice of two data sets. A workdir from before ``data.json`` existed is not checked.
@@ -167,9 +171,7 @@ def check_resumed_data(data, workdir):
     raise ConfigError(
         f"{workdir} was trained on {stored.get('dataset')} from {stored.get('source')} "
         f"({stored.get('num_examples')} examples), but this run reads {current['dataset']} "
-        f"from {current['source']} ({current['num_examples']} examples): point "
-        "--config.data.data_dir (or $DGM_JAX_DATA_DIR) at the same data, or train into a fresh "
-        "--workdir")
+        f"from {current['source']} ({current['num_examples']} examples): {remedy}")
 
 
 def check_trained_data(workdir, data):
@@ -184,7 +186,8 @@ def check_trained_data(workdir, data):
     ConfigError: naming both sources.
   """
   if os.path.isfile(os.path.join(workdir, DATA_RECORD)):
-    check_resumed_data(data, workdir)
+    check_resumed_data(data, workdir, remedy=f"point data.data_dir in its config.json or "
+                       f"${paths.DATA_DIR_ENV} at the data it trained on")
     return
   path = os.path.join(workdir, "results.json")
   if not os.path.isfile(path):

@@ -61,7 +61,7 @@ def test_a_run_reopened_on_same_sized_other_data_is_refused_by_its_digest(tmp_pa
   runs.check_trained_data(str(tmp_path), _dataset(np.zeros((4, 3), np.float32), "idx:/moved"))
   other = _dataset(np.ones((4, 3), np.float32), "idx:/other")
   with pytest.raises(ConfigError, match="was trained on mnist from idx:/data/mnist .* reads "
-                                        "mnist from idx:/other"):
+                                        "mnist from idx:/other .*data.data_dir in its config.json"):
     runs.check_trained_data(str(tmp_path), other)
   (tmp_path / runs.DATA_RECORD).unlink()  # a workdir from before data.json: sizes only
   runs.check_trained_data(str(tmp_path), other)
