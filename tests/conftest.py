@@ -9,8 +9,8 @@ through the environment; a size limit makes JAX lock the directory (``filelock``
 the two xdist workers and their children can share it. A cached executable is the one
 XLA would compile, so no result changes.
 
-Under ``pytest -n N`` each worker is pinned to its own cores (see
-``_pin_xdist_worker_to_its_own_cores``).
+``DGM_JAX_TEST_PIN=1`` pins each ``pytest -n N`` worker to its own cores (see
+``_pin_xdist_worker_to_its_own_cores``; off by default).
 """
 
 import os
@@ -25,18 +25,19 @@ if os.environ.get("DGM_JAX_TEST_JIT_CACHE", "1") != "0":
 
 
 def _pin_xdist_worker_to_its_own_cores():
-  """Gives each xdist worker (and the launcher processes it starts, which inherit the
-  affinity) its own share of the cores, before XLA sizes its thread pools from them.
+  """With ``DGM_JAX_TEST_PIN=1``, gives each xdist worker (and the launcher processes it
+  starts, which inherit the affinity) its own share of the cores, before XLA sizes its
+  thread pools from them. Off by default.
 
-  Unpinned, each worker's XLA ran as many threads as the machine has cores, and the
-  workers' pools fought over them: on 2 cores, in a ``pytest -n 2`` run beside one more
-  busy process, the VIWAE tail-dynamics test took 557 s; pinned, beside the same process,
-  48 s (18 s alone on one core). ``DGM_JAX_TEST_PIN=0`` turns
-  the pinning off; with fewer cores than workers nothing is pinned."""
+  Unpinned, each worker's XLA runs as many threads as the machine has cores. Beside one
+  more busy process on 2 cores, the VIWAE tail-dynamics test took 557 s unpinned and 48 s
+  pinned (18 s alone on one core); on an otherwise idle machine the whole suite was slower
+  pinned (about 34 min for ``.ci/run`` against 27 min), since a pinned worker cannot borrow
+  the other's idle core. With fewer cores than workers nothing is pinned."""
   worker = os.environ.get("PYTEST_XDIST_WORKER", "")
   count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
   if (not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity")
-      or os.environ.get("DGM_JAX_TEST_PIN", "1") == "0"):
+      or os.environ.get("DGM_JAX_TEST_PIN", "0") != "1"):
     return
   cores = sorted(os.sched_getaffinity(0))
   if len(cores) < count:
