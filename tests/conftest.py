@@ -32,7 +32,7 @@ def _pin_xdist_worker_to_its_own_cores():
   Unpinned, each worker's XLA runs as many threads as the machine has cores. Beside one
   more busy process on 2 cores, the VIWAE tail-dynamics test took 557 s unpinned and 48 s
   pinned (18 s alone on one core); on an otherwise idle machine the whole suite was slower
-  pinned (about 34 min for ``.ci/run`` against 27 min), since a pinned worker cannot borrow
+  pinned (38 min for ``.ci/run`` against 27 min), since a pinned worker cannot borrow
   the other's idle core. With fewer cores than workers nothing is pinned."""
   worker = os.environ.get("PYTEST_XDIST_WORKER", "")
   count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
