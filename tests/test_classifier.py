@@ -183,6 +183,19 @@ def test_train_classifier_learns_digits(digits):
   assert classifier.accuracy(probs, digits.labels["test"]) == test_accuracy
 
 
+def test_predict_probs_in_padded_chunks_equals_one_pass():
+  """10 images in chunks of 4: the last chunk holds 2 images padded to 4, whose first 2 rows
+  are kept."""
+  import jax
+  images = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (10, 8, 8, 1)), np.float32)
+  params = classifier.SmallCNN(10).init(jax.random.PRNGKey(0), images[:1])
+  whole = classifier.predict_probs(params, images, 10, chunk_size=10)
+  chunked = classifier.predict_probs(params, images, 10, chunk_size=4)
+  assert chunked.shape == (10, 10)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(whole[8], whole[9])  # the kept rows matter: two different images
+
+
 def test_project_classifier_is_cached_and_reused(digits, tmp_path, monkeypatch):
   monkeypatch.setenv(classifier.CACHE_DIR_ENV, str(tmp_path))
   probs_fn, name = classifier.resolve_classifier("", digits, num_steps=30)

@@ -74,6 +74,14 @@ class TestGmmExactPosterior:
     nearer_first = (np.linalg.norm(samples - means[:, None, 0], axis=-1)
                     < np.linalg.norm(samples - means[:, None, 1], axis=-1)).mean(1)
     np.testing.assert_allclose(nearer_first, weights[:, 0], atol=0.01)
+    # Within each component the draws have the exact covariance, here far from diagonal
+    # ([[0.5025, 0.4975], [0.4975, 0.5025]]).
+    for n in range(2):
+      for c in range(2):
+        near = samples[n][(np.linalg.norm(samples[n] - means[n, c], axis=-1)
+                           < np.linalg.norm(samples[n] - means[n, 1 - c], axis=-1))]
+        assert len(near) > 10_000
+        np.testing.assert_allclose(np.cov(near.T), covs[n, c], atol=0.015)
 
 
 class TestLoadGmm:
