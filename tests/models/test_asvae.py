@@ -1,5 +1,6 @@
 """AS-VAE and ALI (chapter 5): discriminator optimum, variants, flow inverse, steps, launchers."""
 
+import functools
 import json
 import os
 import subprocess
@@ -13,8 +14,8 @@ import pytest
 import scipy.stats
 
 from configs import mnist
-from dgm_jax import adversarial, flows
-from dgm_jax.data import pipeline, registry
+from dgm_jax import adversarial, flows, likelihoods
+from dgm_jax.data import pipeline, registry, transforms
 from dgm_jax.models import asvae
 from dgm_jax.models.base import DataSpec
 from dgm_jax.nets.discriminators import JointDiscriminator
@@ -532,7 +533,6 @@ def test_eval_elbo_and_rmse_of_a_flow_encoder_written_out():
   not 0..B-1); ``rmse`` of the decoded flow image of the base mean against the gray images.
   A wrong sign of the log-det, a dropped prior, ``+log q``, ``std = exp(log_var)``, the code
   without its flow, or rmse against binarized images all passed every test before."""
-  from dgm_jax.data import transforms  # pylint: disable=import-outside-toplevel
   config = mnist.get_config("smoke")
   data, method = _digits_method("asvae", flow_length=2)
   batches = pipeline.eval_batches(data, "test", 8)
@@ -572,3 +572,206 @@ def test_eval_elbo_and_rmse_of_a_flow_encoder_written_out():
   code = forward(jnp.asarray(mean, jnp.float32))
   probs = 1.0 / (1.0 + np.exp(-np.asarray(decoder.apply(params["decoder"], code), np.float64)))
   np.testing.assert_allclose(out["rmse"], np.sqrt(np.mean((probs - gray) ** 2, -1)), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- one step, written out
+
+def _written_out_step(config, spec, state, batch, key):
+  """One AS-VAE / ALI train step from the module docstrings, every player by plain SGD at rate 1
+  (new = old - gradient): the step's noise from its five named keys; the discriminators'
+  losses (5.3), (5.4) or (5.1) (softplus form) on pairs drawn with the current players, plus
+  gamma / 2 times the mean over real and fake pairs of the squared input gradient of each
+  network; then minus (5.14) (or ALI's generator loss) against the *updated* discriminators.
+  log q(z|x) comes from the flow's Jacobian by ``jax.jacfwd``, not its own log-det. Returns
+  (new params, generator loss)."""
+  method_name = config.method
+  section = config[method_name]
+  variant = section.variant if method_name == "asvae" else None
+  discs = asvae.DISCRIMINATORS[(method_name, variant)]
+  discrete = section.likelihood == "discretized_logistic"
+  tau, gamma = section.relaxation_temperature, section.disc_gradient_penalty
+  contrast_on = method_name == "asvae" and section.explicit_contrast
+  num_pixels = int(np.prod(spec.shape))
+  encoder = asvae.encoder_net(section, spec)
+  decoder = asvae.decoder_net(section, spec, num_pixels * (2 if discrete else 1))
+  disc_net = JointDiscriminator(
+      trunk=section.disc_trunk, x_features=tuple(section.disc_x_features),
+      z_hidden=tuple(section.disc_z_hidden), joint_hidden=tuple(section.disc_joint_hidden),
+      activation=section.disc_activation, image_shape=tuple(spec.shape),
+      kernel_size=section.disc_kernel_size)
+
+  names = ("data", "eps", "z_prior", "xi", "z_independent")
+  keys = dict(zip(names, jax.random.split(key, len(names))))
+  gray = batch["x"].reshape(batch["x"].shape[0], -1)
+  shape = gray.shape[:1] + (section.latent_dim,)
+  eps, z_prior, z_ind = (jax.random.normal(keys[n], shape, gray.dtype)
+                         for n in ("eps", "z_prior", "z_independent"))
+  xi = jax.random.logistic(keys["xi"], gray.shape, gray.dtype)
+  if discrete:  # the discriminators see (255 x + u) / 256; x_fit is that or the 8-bit x
+    x_shown = transforms.uniform_dequantize(keys["data"], gray, 256)
+    x_fit = x_shown if section.dequantize else gray
+  else:
+    x_fit, x_shown = asvae.relaxed_binarize(keys["data"], gray, tau)
+
+  def log_normal(z, mean=0.0, log_var=0.0):
+    return jnp.sum(-0.5 * (z - mean) ** 2 * jnp.exp(-log_var) - 0.5 * log_var
+                   - 0.5 * np.log(2 * np.pi), -1)
+
+  def flow(p, z_0):
+    return flows.planar_flow_stack(z_0, p["encoder"]["flow"])[0] if section.flow_length else z_0
+
+  def log_det(p, z_0):  # [B] log|det dz/dz_0| from the Jacobian itself
+    if not section.flow_length:
+      return jnp.zeros(z_0.shape[:1])
+    jac = jax.vmap(jax.jacfwd(lambda v: flow(p, v)))(z_0)
+    return jnp.linalg.slogdet(jac)[1]
+
+  def encode(p, x):
+    mean, log_var = encoder.apply(p["encoder"]["net"], x)
+    z_0 = mean + jnp.exp(0.5 * log_var) * eps
+    return flow(p, z_0), log_normal(z_0, mean, log_var) - log_det(p, z_0)
+
+  def log_q_at(p, x, z):
+    mean, log_var = encoder.apply(p["encoder"]["net"], x)
+    z_0 = flows.planar_flow_stack_inverse(z, p["encoder"]["flow"]) if section.flow_length else z
+    return log_normal(z_0, mean, log_var) - log_det(p, z_0)
+
+  def decode_sample(p):
+    out = decoder.apply(p["decoder"], z_prior)
+    if not discrete:
+      return jax.nn.sigmoid((out + xi) / tau)
+    mean, log_scale = jax.nn.sigmoid(out[:, :num_pixels]), out[:, num_pixels:]
+    return jnp.clip(mean + jnp.exp(log_scale) * xi, 0.0, 1.0)
+
+  def log_px(p, z):
+    out = decoder.apply(p["decoder"], z)
+    if not discrete:
+      return jnp.sum(x_fit * out - jax.nn.softplus(out), -1)
+    mean, log_scale = jax.nn.sigmoid(out[:, :num_pixels]), out[:, num_pixels:]
+    assert not section.dequantize  # the 8-bit case checked here: the discretized logistic
+    return likelihoods.discretized_logistic_log_prob(x_fit, mean, log_scale).sum(-1)
+
+  def f(p, name, x, z):
+    return disc_net.apply(p[name], x, z)
+
+  def input_grad_sq(p, name, x, z):
+    grads = jax.vmap(jax.grad(lambda a, b: f(p, name, a[None], b[None])[0], (0, 1)))(x, z)
+    return jnp.sum(grads[0] ** 2, -1) + jnp.sum(grads[1] ** 2, -1)
+
+  params = state.params
+  z_enc, log_q_enc = jax.lax.stop_gradient(encode(params, x_fit))
+  x_dec = jax.lax.stop_gradient(decode_sample(params))
+  pairs = {"psi1": ((x_shown, z_enc), (x_dec, z_ind)),
+           "psi2": ((x_dec, z_prior), (x_shown, jnp.roll(z_enc, 1, axis=0))),
+           "psi": ((x_shown, z_enc), (x_dec, z_prior))}
+  contrast = (0.0, 0.0)
+  if contrast_on:
+    twin = (x_dec > 0.5).astype(x_dec.dtype)
+    contrast = jax.lax.stop_gradient(
+        (log_q_enc - log_normal(z_enc), log_q_at(params, twin, z_ind) - log_normal(z_ind)))
+
+  def disc_loss(p):
+    total = 0.0
+    for name in discs:
+      (x_r, z_r), (x_f, z_f) = pairs[name]
+      real, fake = f(p, name, x_r, z_r), f(p, name, x_f, z_f)
+      if name == "psi1":
+        real, fake = real + contrast[0], fake + contrast[1]
+      total += jnp.mean(jax.nn.softplus(-real) + jax.nn.softplus(fake))
+      if gamma:
+        total += gamma / 2 * 0.5 * (jnp.mean(input_grad_sq(p, name, x_r, z_r))
+                                    + jnp.mean(input_grad_sq(p, name, x_f, z_f)))
+    return total
+
+  disc_params = {n: params[n] for n in discs}
+  disc_grads = jax.grad(disc_loss)(disc_params)
+  new = dict(params)
+  for n in discs:
+    new[n] = jax.tree_util.tree_map(lambda a, g: a - g, params[n], disc_grads[n])
+
+  def gen_loss(g):
+    p = {**new, **g}
+    z, log_q = encode(p, x_fit)
+    x_d = decode_sample(p)
+    if method_name == "ali":
+      f_q, f_p = f(p, "psi", x_shown, z), f(p, "psi", x_d, z_prior)
+      if section.non_saturating:
+        return jnp.mean(jax.nn.softplus(f_q) + jax.nn.softplus(-f_p))
+      return jnp.mean(-jax.nn.softplus(-f_q) - jax.nn.softplus(f_p))
+    loss = 0.0
+    if "psi1" in discs:
+      f_1 = f(p, "psi1", x_shown, z) + ((log_q - log_normal(z)) if contrast_on else 0.0)
+      loss -= jnp.mean(log_px(p, z) - f_1)
+    if "psi2" in discs:
+      loss -= jnp.mean(log_q_at(p, x_d, z_prior) - f(p, "psi2", x_d, z_prior))
+    return loss
+
+  gen = {"encoder": params["encoder"], "decoder": params["decoder"]}
+  loss, gen_grads = jax.value_and_grad(gen_loss)(gen)
+  for n in gen:
+    new[n] = jax.tree_util.tree_map(lambda a, g: a - g, params[n], gen_grads[n])
+  return new, loss
+
+
+@pytest.mark.parametrize("case", ["asvae_binary_flow_contrast_penalty", "ali_8bit_non_saturating",
+                                  "asvae_r_8bit_not_dequantized"])
+def test_train_step_equals_the_algorithm_written_out(case, monkeypatch):
+  """Every player's one-step update (plain SGD at rate 1 in place of Adam, so the update is
+  the gradient itself) against ``_written_out_step``. The binary case has a 2-layer planar
+  flow (made far from the identity), the explicit contrast, R1 + R2 at gamma = 3 and
+  log q of decoder pairs at the relaxed x; the 8-bit cases draw the clipped logistic with
+  log-scales far from 0. A log-det sign, a skipped flow inverse, a stopped contrast
+  gradient, a contrast at the wrong x, swapped real and fake pairs, the generator against
+  the pre-update discriminators, the penalty's factor, ALI's label swap, the draw's scale
+  and an ignored ``dequantize=False`` all passed every test before."""
+  monkeypatch.setattr(asvae, "make_optimizer", lambda *args, **kwargs: optax.sgd(1.0))
+  config = mnist.get_config("smoke")
+  binary = case.startswith("asvae_binary")
+  config.method = "asvae" if case.startswith("asvae") else "ali"
+  section = config[config.method]
+  if binary:
+    section.update(variant="full", flow_length=2, explicit_contrast=True, disc_gradient_penalty=3.0,
+                   decoder_pair_encoder_input="relaxed", negative_pair_terms=False)
+    data = registry.load("digits")
+    spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"])
+    batch = pipeline.get_batch(data, "train", 0, 8, 0)
+  else:
+    section.update(likelihood="discretized_logistic", decoded_x="sample", flow_length=0,
+                   disc_gradient_penalty=0.0)
+    if config.method == "ali":
+      assert section.non_saturating  # the default; the written-out step reads the flag too
+    else:
+      section.update(variant="r", explicit_contrast=False, dequantize=False)
+    spec, batch = _grayscale8_spec_and_batch()
+    batch = {"x": batch["x"][:8], "index": batch["index"][:8]}
+  method = asvae.make_method(config, spec)
+  state = method.init(jax.random.PRNGKey(0), batch)
+  params = dict(state.params)
+  if binary:  # a flow far from the identity, so its log-det and inverse matter
+    params["encoder"] = dict(params["encoder"], flow=dict(
+        params["encoder"]["flow"], u=5.0 * params["encoder"]["flow"]["u"],
+        w=5.0 * params["encoder"]["flow"]["w"]))
+  else:  # decoder log-scales near 1 rather than 0 (raw outputs' second half, its bias)
+    decoder = params["decoder"]
+    last = sorted(decoder["params"])[-1]
+    bias = decoder["params"][last]["bias"]
+    bias = bias.at[bias.shape[0] // 2:].set(-1.5)
+    params["decoder"] = {"params": dict(decoder["params"], **{last: dict(
+        decoder["params"][last], bias=bias)})}
+  state = state.replace(params=params)
+  key = jax.random.PRNGKey(3)
+  new_state, metrics = jax.jit(method.train_step)(state, batch, key)
+  expected, loss = jax.jit(functools.partial(_written_out_step, config, spec))(state, batch, key)
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-4, atol=1e-4)
+  assert set(new_state.params) == set(expected)
+  for player in expected:
+    moved = jax.tree_util.tree_map(lambda a, b: np.asarray(a - b), expected[player],
+                                   state.params[player])
+    got = jax.tree_util.tree_map(lambda a, b: np.asarray(a - b), new_state.params[player],
+                                 state.params[player])
+    for path, want in jax.tree_util.tree_leaves_with_path(moved):
+      have = dict(jax.tree_util.tree_leaves_with_path(got))[path]
+      scale = np.max(np.abs(want))
+      assert scale > 0, (player, path)
+      np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5 * scale,
+                                 err_msg=f"{player} {jax.tree_util.keystr(path)}")
