@@ -9,10 +9,14 @@ through the environment; a size limit makes JAX lock the directory (``filelock``
 the two xdist workers and their children can share it. A cached executable is the one
 XLA would compile, so no result changes.
 
+Heavy modules run first (``pytest_collection_modifyitems``, from ``tests/durations.json``),
+so that ``pytest -n 2`` does not end on one worker's long test while the other waits.
+
 ``DGM_JAX_TEST_PIN=1`` pins each ``pytest -n N`` worker to its own cores (see
 ``_pin_xdist_worker_to_its_own_cores``; off by default).
 """
 
+import json
 import os
 
 import hypothesis
@@ -58,3 +62,25 @@ hypothesis.settings.register_profile(
 hypothesis.settings.register_profile(
     "thorough", max_examples=300, deadline=None)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+  """Orders the test modules by their measured seconds, heaviest first; tests keep their
+  order within a module (module-scoped fixtures stay set up once per worker).
+
+  ``tests/durations.json`` holds the seconds of the suite's slowest tests from one
+  ``pytest -n 2 --durations=150`` run (refresh it the same way); modules it does not name
+  go last, in their usual order. xdist hands the first quarter of the tests to the
+  workers one at a time in this order, so each worker starts on a share of the long ones
+  and the run ends on short tests. Order only: stale figures change no result."""
+  del config
+  path = os.path.join(REPO, "tests", "durations.json")
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    seconds = json.load(f)
+  module_seconds = {}
+  for node, value in seconds.items():
+    module = node.split("::", 1)[0]
+    module_seconds[module] = module_seconds.get(module, 0.0) + float(value)
+  items.sort(key=lambda item: -module_seconds.get(item.nodeid.split("::", 1)[0], 0.0))
