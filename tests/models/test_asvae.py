@@ -720,10 +720,11 @@ def test_train_step_equals_the_algorithm_written_out(case, monkeypatch):
   the gradient itself) against ``_written_out_step``. The binary case has a 2-layer planar
   flow (made far from the identity), the explicit contrast, R1 + R2 at gamma = 3 and
   log q of decoder pairs at the relaxed x; the 8-bit cases draw the clipped logistic with
-  log-scales far from 0. A log-det sign, a skipped flow inverse, a stopped contrast
-  gradient, a contrast at the wrong x, swapped real and fake pairs, the generator against
-  the pre-update discriminators, the penalty's factor, ALI's label swap, the draw's scale
-  and an ignored ``dequantize=False`` all passed every test before."""
+  log-scales of -1.5, so exp(log_scale) and exp(log_scale / 2) differ. A log-det sign, a
+  skipped flow inverse, a stopped contrast gradient, a contrast at the wrong x, swapped real
+  and fake pairs, the generator against the pre-update discriminators, the penalty's factor
+  or mean, ALI's ignored non_saturating, the draw's scale and an ignored
+  ``dequantize=False`` all passed every test before."""
   monkeypatch.setattr(asvae, "make_optimizer", lambda *args, **kwargs: optax.sgd(1.0))
   config = mnist.get_config("smoke")
   binary = case.startswith("asvae_binary")
@@ -751,7 +752,7 @@ def test_train_step_equals_the_algorithm_written_out(case, monkeypatch):
     params["encoder"] = dict(params["encoder"], flow=dict(
         params["encoder"]["flow"], u=5.0 * params["encoder"]["flow"]["u"],
         w=5.0 * params["encoder"]["flow"]["w"]))
-  else:  # decoder log-scales near 1 rather than 0 (raw outputs' second half, its bias)
+  else:  # decoder log-scales -1.5 rather than about 0 (the bias of the outputs' second half)
     decoder = params["decoder"]
     last = sorted(decoder["params"])[-1]
     bias = decoder["params"][last]["bias"]
