@@ -65,11 +65,12 @@ hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):
-  """Orders the test modules by their measured seconds, heaviest first; tests keep their
-  order within a module (module-scoped fixtures stay set up once per worker).
+  """Orders the test modules by their measured seconds, heaviest first; a module's tests stay
+  together and in their order (so a module-scoped fixture is not set up again in between).
 
   ``tests/durations.json`` holds the seconds of the suite's slowest tests from one
-  ``pytest -n 2 --durations=150`` run (refresh it the same way); modules it does not name
+  ``pytest -n 2 --durations=150`` run (refresh it the same way; the AS-VAE step test's three
+  cases were added from a run of that test alone); modules it does not name
   go last, in their usual order. xdist hands the first quarter of the tests to the
   workers one at a time in this order, so each worker starts on a share of the long ones
   and the run ends on short tests. Order only: stale figures change no result."""
