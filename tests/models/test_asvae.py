@@ -766,12 +766,10 @@ def test_train_step_equals_the_algorithm_written_out(case, monkeypatch):
   np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-4, atol=1e-4)
   assert set(new_state.params) == set(expected)
   for player in expected:
-    moved = jax.tree_util.tree_map(lambda a, b: np.asarray(a - b), expected[player],
-                                   state.params[player])
-    got = jax.tree_util.tree_map(lambda a, b: np.asarray(a - b), new_state.params[player],
-                                 state.params[player])
-    for path, want in jax.tree_util.tree_leaves_with_path(moved):
-      have = dict(jax.tree_util.tree_leaves_with_path(got))[path]
+    old, leaves = state.params[player], jax.tree_util.tree_leaves_with_path(expected[player])
+    for (path, want), have, before in zip(leaves, jax.tree_util.tree_leaves(new_state.params[player]),
+                                          jax.tree_util.tree_leaves(old)):
+      want, have = np.asarray(want - before), np.asarray(have - before)  # the updates
       scale = np.max(np.abs(want))
       assert scale > 0, (player, path)
       np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5 * scale,
