@@ -164,9 +164,8 @@ def kernel_svgd_direction(particles, scores, log_weights, bandwidth=None, conven
     bandwidth_fn, direction_fn = coordinate_bandwidths, coordinatewise_svgd_direction
   else:
     raise ValueError(f"Unknown SVGD kernel {kernel!r}; expected one of {KERNELS}")
-  if bandwidth is None:  # of the particles less the first one: no distance changes, and
-    # the Gram form of the distances no longer cancels for a tight set far from the origin
-    bandwidth = bandwidth_fn(particles - particles[:1], convention)
+  if bandwidth is None:  # (median_bandwidth centres the particles: no Gram cancellation)
+    bandwidth = bandwidth_fn(particles, convention)
   return (direction_fn(particles, scores, log_weights, bandwidth, convention, repulsion_scale),
           bandwidth)
 

@@ -11,7 +11,7 @@ import scipy.stats
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dgm_jax import kernels
+from dgm_jax import kernels, svgd
 
 # Property tests call jitted functions (eager tracing is slow); jit == eager is tested below.
 median_bandwidth = jax.jit(kernels.median_bandwidth, static_argnames="convention")
@@ -19,6 +19,16 @@ fast_median = jax.jit(kernels.fast_median)
 
 finite = lambda lo, hi: st.floats(lo, hi, allow_nan=False, allow_infinity=False)
 SHAPES = st.sampled_from([(1, 2), (5, 3), (8, 2)])
+
+
+def scipy_bandwidth(x, convention):
+  """The three conventions of ``kernels.median_bandwidth`` from scipy's distances."""
+  m = x.shape[0]
+  sq = scipy.spatial.distance.cdist(x, x, "sqeuclidean")
+  off = sq[~np.eye(m, dtype=bool)]
+  return {"liu_wang": np.median(sq) / math.log(m + 1),
+          "paper": np.median(np.sqrt(off)) ** 2 / math.log(m),
+          "median": np.median(off)}[convention]
 
 
 @st.composite
@@ -99,6 +109,20 @@ class TestMedianBandwidth:
     for convention, value in expected.items():
       np.testing.assert_allclose(median_bandwidth(x, convention), value, rtol=1e-9,
                                  err_msg=convention)
+
+  @pytest.mark.parametrize("convention", kernels.BANDWIDTH_CONVENTIONS)
+  def test_float32_tight_set_far_from_the_origin(self, convention):
+    # Spread 0.05 at 300 per coordinate: |x|^2 is 4.5e5 in float32 (ulp 0.03), so the
+    # uncentred Gram form's distances (about 0.01) would be round-off alone.
+    x64 = 300.0 + 0.05 * np.asarray(jax.random.normal(jax.random.PRNGKey(1), (40, 5)),
+                                    np.float64)
+    x32 = jnp.asarray(x64, jnp.float32)
+    got = median_bandwidth(x32, convention)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, scipy_bandwidth(x64, convention), rtol=1e-3)
+    columns = svgd.coordinate_bandwidths(x32, convention)
+    expected = [scipy_bandwidth(x64[:, d:d + 1], convention) for d in range(x64.shape[1])]
+    np.testing.assert_allclose(columns, expected, rtol=1e-3)
 
   @pytest.mark.parametrize("convention", kernels.BANDWIDTH_CONVENTIONS)
   def test_one_particle_and_identical_particles(self, convention):
