@@ -51,7 +51,10 @@ def _pin_xdist_worker_to_its_own_cores():
 
 _pin_xdist_worker_to_its_own_cores()
 
+import dgm_jax  # noqa: E402  (before any computation: its XLA:CPU flag, dgm_jax/__init__.py)
 import jax  # noqa: E402  (after the cache's environment variables, which jax reads on import)
+
+assert dgm_jax.CPU_SCHEDULER_FLAG in os.environ["XLA_FLAGS"]
 
 jax.config.update("jax_enable_x64", True)
 
