@@ -2,7 +2,7 @@
 
 Two batched LAPACK calls that XLA may run side by side (``slogdet`` beside the gradient of
 another, as in the Stein VIWAE step) hung for good on this 2-core machine with jaxlib
-0.10.2's defaults, at any load: both intra-op pool threads waited in ``ParallelBatchMap``
+0.10.2's defaults, idle or beside a busy process: both intra-op pool threads waited in ``ParallelBatchMap``
 for pieces only they could run. The program below is that pattern, run in a fresh process
 (XLA reads ``XLA_FLAGS`` once, when the backend starts). With the package's flag it takes
 about 2 s; with ``DGM_JAX_TEST_KEEP_DEFAULT_SCHEDULER=1`` (the flag set back to XLA's
@@ -22,7 +22,7 @@ import dgm_jax
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROGRAM = textwrap.dedent("""
-    import os, sys
+    import os
     if os.environ.get("DGM_JAX_TEST_KEEP_DEFAULT_SCHEDULER") == "1":
       os.environ["XLA_FLAGS"] = "--xla_cpu_enable_concurrency_optimized_scheduler=true"
     import dgm_jax

@@ -114,9 +114,8 @@ class TestMedianBandwidth:
   def test_float32_tight_set_far_from_the_origin(self, convention):
     # Spread 0.05 at 300 per coordinate: |x|^2 is 4.5e5 in float32 (ulp 0.03), so the
     # uncentred Gram form's distances (about 0.01) would be round-off alone.
-    x64 = 300.0 + 0.05 * np.asarray(jax.random.normal(jax.random.PRNGKey(1), (40, 5)),
-                                    np.float64)
-    x32 = jnp.asarray(x64, jnp.float32)
+    x32 = 300.0 + 0.05 * jax.random.normal(jax.random.PRNGKey(1), (40, 5), jnp.float32)
+    x64 = np.asarray(x32, np.float64)  # the same points: the truth sees no rounding of its own
     got = median_bandwidth(x32, convention)
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, scipy_bandwidth(x64, convention), rtol=1e-3)
