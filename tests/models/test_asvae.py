@@ -768,7 +768,7 @@ def test_train_step_equals_the_algorithm_written_out(case, monkeypatch):
   for player in expected:
     old, leaves = state.params[player], jax.tree_util.tree_leaves_with_path(expected[player])
     for (path, want), have, before in zip(leaves, jax.tree_util.tree_leaves(new_state.params[player]),
-                                          jax.tree_util.tree_leaves(old)):
+                                          jax.tree_util.tree_leaves(old), strict=True):
       want, have = np.asarray(want - before), np.asarray(have - before)  # the updates
       scale = np.max(np.abs(want))
       assert scale > 0, (player, path)
