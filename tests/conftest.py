@@ -12,6 +12,9 @@ XLA would compile, so no result changes.
 Heavy modules run first (``pytest_collection_modifyitems``, from ``tests/durations.json``),
 so that ``pytest -n 2`` does not end on one worker's long test while the other waits.
 
+In-process tests compile at XLA's optimization level 0 (``DGM_JAX_TEST_XLA_OPT``; see
+``_compile_in_process_tests_unoptimized``); the launcher processes compile at the default.
+
 ``DGM_JAX_TEST_PIN=1`` pins each ``pytest -n N`` worker to its own cores (see
 ``_pin_xdist_worker_to_its_own_cores``; off by default).
 """
@@ -51,6 +54,27 @@ def _pin_xdist_worker_to_its_own_cores():
 
 _pin_xdist_worker_to_its_own_cores()
 
+OPT_LEVEL_FLAG = "--xla_backend_optimization_level"
+
+
+def _compile_in_process_tests_unoptimized():
+  """The tests in this process compile at XLA's optimization level 0 (``DGM_JAX_TEST_XLA_OPT``,
+  default ``0``; ``default`` keeps XLA's own level; a level the user put in ``XLA_FLAGS`` wins).
+
+  Most in-process tests run a jitted step or two on small arrays, so compiling is most of
+  their time: ``tests/models/test_asvae.py`` took 326 s with XLA's default level and 164 s
+  at level 0 (``pytest -n 2``, empty compilation caches). The level changes how XLA:CPU
+  optimizes the program, not what it computes; results differ by float rounding only. The
+  launcher processes the tests start drop ``XLA_FLAGS`` (each test's ``env.pop``), so every
+  end-to-end run, and the toys' acceptance runs, compile as a user's run does."""
+  level = os.environ.get("DGM_JAX_TEST_XLA_OPT", "0")
+  flags = os.environ.get("XLA_FLAGS", "")
+  if level != "default" and OPT_LEVEL_FLAG not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {OPT_LEVEL_FLAG}={int(level)}".strip()
+
+
+_compile_in_process_tests_unoptimized()
+
 import dgm_jax  # noqa: E402  (before any computation: its XLA:CPU flag, dgm_jax/__init__.py)
 import jax  # noqa: E402  (after the cache's environment variables, which jax reads on import)
 
@@ -71,9 +95,9 @@ def pytest_collection_modifyitems(config, items):
   """Orders the test modules by their measured seconds, heaviest first; a module's tests stay
   together and in their order (so a module-scoped fixture is not set up again in between).
 
-  ``tests/durations.json`` holds the seconds of the suite's slowest tests from one
-  ``pytest -n 2 --durations=150`` run (refresh it the same way; the AS-VAE step test's three
-  cases were added from a run of that test alone); modules it does not name
+  ``tests/durations.json`` holds the seconds (setup and call) of every test that took at least
+  1 s in one ``pytest -n 2 --durations=0`` run from empty compilation caches (2026-12-07;
+  refresh it the same way); modules it does not name
   go last, in their usual order. xdist hands the first quarter of the tests to the
   workers one at a time in this order, so each worker starts on a share of the long ones
   and the run ends on short tests. Order only: stale figures change no result."""

@@ -517,7 +517,7 @@ class _Trainer:
       images.save_grid(os.path.join(samples_dir, f"samples_{step:08d}.png"), samples, 8)
     batch = next(pipeline.eval_batches(self.data, "test", 32))
     batch.pop("mask")
-    recon = self.method.reconstruct(params, batch, key)
+    recon = jax.jit(self.method.reconstruct)(params, batch, key)  # one program, not op by op
     pairs = np.stack([batch["x"], np.asarray(recon)], axis=1).reshape((-1,) + batch["x"].shape[1:])
     if primary:
       images.save_grid(os.path.join(samples_dir, f"reconstructions_{step:08d}.png"), pairs, 8)
