@@ -9,6 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 from configs import mnist
 from dgm_jax import kernels, svgd
+from xla_levels import optimized_jit
 
 # Property tests call jitted functions (eager tracing is slow); jit == eager is tested below.
 svgd_direction = jax.jit(svgd.svgd_direction)
@@ -250,7 +251,7 @@ class TestRepulsionScale:
     default config's ``"liu_wang"`` convention has a fixed point of its own)."""
     xi = jax.random.normal(jax.random.PRNGKey(0), (num_sets, num_particles, dim))
 
-    @jax.jit
+    @optimized_jit  # 21 evaluations of 500 sets: a long program
     def force(sigma):
       def one(z):
         if kernel == "coordinatewise":

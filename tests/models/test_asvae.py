@@ -19,6 +19,7 @@ from dgm_jax.data import pipeline, registry, transforms
 from dgm_jax.models import asvae
 from dgm_jax.models.base import DataSpec
 from dgm_jax.nets.discriminators import JointDiscriminator
+from xla_levels import optimized_jit
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,7 +57,7 @@ def test_trained_psi1_matches_the_log_density_ratio_of_corollary_8():
     (x_q, z_q), (x_p, z_p) = _toy_pairs(key, 256)
     return adversarial.psi1_loss(disc.apply(p, x_q, z_q), disc.apply(p, x_p, z_p)).mean()
 
-  @jax.jit
+  @optimized_jit  # 2,000 scanned steps
   def train(params):
     def body(carry, key):
       p, opt_state = carry

@@ -18,6 +18,7 @@ from dgm_jax.models import stein_vae, vae
 from dgm_jax.models.base import DataSpec, make_optimizer
 from dgm_jax.nets.mlp import MLP
 from dgm_jax.nets.recognition import NoiseMLPEncoder
+from xla_levels import optimized_jit
 
 finite = lambda lo, hi: st.floats(lo, hi, allow_nan=False, allow_infinity=False)
 
@@ -40,7 +41,7 @@ def test_svgd_moves_particles_to_the_linear_gaussian_posterior():
 
   z = 3.0 + 0.1 * jax.random.normal(jax.random.PRNGKey(0), (1, 300, 2))  # far from the posterior
 
-  @jax.jit
+  @optimized_jit  # 2,000 scanned moves
   def run(z):
     def body(z, _):
       _, scores = stein_vae.latent_scores(log_joint, z)
@@ -263,7 +264,7 @@ def tail_dynamics(entropy_weights, start, dim=50, num_particles=10, batch=16, it
 
   params = jnp.asarray(start, jnp.float32)
   keys = jax.random.split(jax.random.PRNGKey(0), iters)
-  (params, _), (bandwidth, ess) = jax.jit(
+  (params, _), (bandwidth, ess) = optimized_jit(  # 600 scanned steps
       lambda p: jax.lax.scan(step, (p, optimizer.init(p)), keys))(params)
   return np.asarray(params), float(bandwidth[-50:].mean()), float(ess[-50:].mean())
 
