@@ -68,6 +68,8 @@ def _compile_in_process_tests_unoptimized():
   launcher processes the tests start drop ``XLA_FLAGS`` (each test's ``env.pop``), so every
   end-to-end run, and the toys' acceptance runs, compile as a user's run does."""
   level = os.environ.get("DGM_JAX_TEST_XLA_OPT", "0")
+  if level not in ("default", "0", "1", "2", "3"):
+    raise ValueError(f"DGM_JAX_TEST_XLA_OPT={level!r}: expected an XLA level 0-3 or 'default'")
   flags = os.environ.get("XLA_FLAGS", "")
   if level != "default" and OPT_LEVEL_FLAG not in flags:
     os.environ["XLA_FLAGS"] = f"{flags} {OPT_LEVEL_FLAG}={int(level)}".strip()
