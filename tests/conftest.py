@@ -65,8 +65,9 @@ def _compile_in_process_tests_unoptimized():
   their time: ``tests/models/test_asvae.py`` took 326 s with XLA's default level and 164 s
   at level 0 (``pytest -n 2``, empty compilation caches). The level changes how XLA:CPU
   optimizes the program, not what it computes; results differ by float rounding only. The
-  launcher processes the tests start drop ``XLA_FLAGS`` (each test's ``env.pop``), so every
-  end-to-end run, and the toys' acceptance runs, compile as a user's run does."""
+  launcher processes the tests start drop ``XLA_FLAGS`` (each test's ``env.pop``; the
+  multi-device ones set only the device count), so every end-to-end run, and the toys'
+  acceptance runs, compile at XLA's default level as a user's run does."""
   level = os.environ.get("DGM_JAX_TEST_XLA_OPT", "0")
   if level not in ("default", "0", "1", "2", "3"):
     raise ValueError(f"DGM_JAX_TEST_XLA_OPT={level!r}: expected an XLA level 0-3 or 'default'")

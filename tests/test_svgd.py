@@ -251,7 +251,7 @@ class TestRepulsionScale:
     default config's ``"liu_wang"`` convention has a fixed point of its own)."""
     xi = jax.random.normal(jax.random.PRNGKey(0), (num_sets, num_particles, dim))
 
-    @optimized_jit  # 21 evaluations of 500 sets: a long program
+    @optimized_jit  # called 22 times by the bisection, on 500 sets of particles each
     def force(sigma):
       def one(z):
         if kernel == "coordinatewise":

@@ -251,7 +251,8 @@ def test_explicit_contrast_adds_the_encoders_log_ratio_to_f_psi1():
   assert abs(float(plain["explicit_kl"])) > 0.1  # the added term is far above the tolerance
   np.testing.assert_allclose(contrast["f_psi1"] - plain["f_psi1"], plain["explicit_kl"],
                              rtol=1e-4, atol=1e-4)
-  # Two programs (with and without the contrast) compute it: float32 rounding, a few ulps.
+  # Two programs (with and without the contrast) compute it in float32: at XLA level 0 they
+  # differed by 1.1e-6 relative, about 9 ulps.
   np.testing.assert_allclose(contrast["explicit_kl"], plain["explicit_kl"], rtol=1e-5)
   # The discriminator's loss (5.3) sees the contrast on real and fake pairs too.
   assert abs(float(contrast["d1_loss"]) - float(plain["d1_loss"])) > 1e-3
