@@ -16,6 +16,14 @@ __version__ = "0.1.0"
 CPU_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
 
 
+def add_xla_flag(flag, value):
+  """Appends ``flag=value`` to ``XLA_FLAGS`` unless ``XLA_FLAGS`` already names ``flag``
+  (a value the user set is kept). XLA reads the variable when it first starts a backend."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if flag not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}={value}".strip()
+
+
 def _avoid_cpu_lapack_deadlock():
   """Appends ``--xla_cpu_enable_concurrency_optimized_scheduler=false`` to ``XLA_FLAGS``.
 
@@ -31,9 +39,7 @@ def _avoid_cpu_lapack_deadlock():
   this acts when dgm_jax is imported before the first computation (every launcher,
   benchmark and test does); a value the user set for the flag is kept.
   """
-  flags = os.environ.get("XLA_FLAGS", "")
-  if CPU_SCHEDULER_FLAG not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {CPU_SCHEDULER_FLAG}=false".strip()
+  add_xla_flag(CPU_SCHEDULER_FLAG, "false")
 
 
 _avoid_cpu_lapack_deadlock()

@@ -54,7 +54,7 @@ def _pin_xdist_worker_to_its_own_cores():
 
 _pin_xdist_worker_to_its_own_cores()
 
-OPT_LEVEL_FLAG = "--xla_backend_optimization_level"
+import dgm_jax  # noqa: E402  (imports no jax: its XLA:CPU flag, dgm_jax/__init__.py, acts later)
 
 
 def _compile_in_process_tests_unoptimized():
@@ -71,14 +71,12 @@ def _compile_in_process_tests_unoptimized():
   level = os.environ.get("DGM_JAX_TEST_XLA_OPT", "0")
   if level not in ("default", "0", "1", "2", "3"):
     raise ValueError(f"DGM_JAX_TEST_XLA_OPT={level!r}: expected an XLA level 0-3 or 'default'")
-  flags = os.environ.get("XLA_FLAGS", "")
-  if level != "default" and OPT_LEVEL_FLAG not in flags:
-    os.environ["XLA_FLAGS"] = f"{flags} {OPT_LEVEL_FLAG}={int(level)}".strip()
+  if level != "default":
+    dgm_jax.add_xla_flag("--xla_backend_optimization_level", level)
 
 
 _compile_in_process_tests_unoptimized()
 
-import dgm_jax  # noqa: E402  (before any computation: its XLA:CPU flag, dgm_jax/__init__.py)
 import jax  # noqa: E402  (after the cache's environment variables, which jax reads on import)
 
 assert dgm_jax.CPU_SCHEDULER_FLAG in os.environ["XLA_FLAGS"]
