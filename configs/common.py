@@ -106,6 +106,10 @@ def stein_vae_section(**overrides):
       # 'euclidean' (the dissertation's (4.13)) or 'precision': the fit's errors measured by
       # the Gauss-Newton precision Q (needs preconditioner='gauss_newton')
       fit_metric="euclidean",
+      # T SVGD moves of the particles per iteration (1: the dissertation's), and where the
+      # decoder's gradient of (4.1) is taken: 'initial' (the dissertation's: at the encoder's
+      # codes z^(t)) or 'moved' (at the particles after the T moves; models.stein_vae docstring)
+      svgd_steps=1, decoder_codes="initial",
       decoder_grad_particles=0,  # particles per example in the gradient of (4.1); 0: all M
       encoder_fit_particles=0,  # particles per example in the encoder's fit (4.13); 0: all M
       eval_elbo_samples=10,

@@ -118,6 +118,18 @@ the step's algorithm is unchanged, f_eta starts as the Gaussian VAE's encoder (t
 trunk and heads), and the noise input lets q bend away from a Gaussian as training goes on.
 Its density still comes from the change of variables (``nets.recognition``).
 ``configs/mnist.py:entropy,location_scale``.
+
+Refined particles (``svgd_steps``, ``decoder_codes``; not in the dissertation, 1 and
+``"initial"`` by default). The dissertation moves the particles once per iteration and
+takes the decoder's gradient of (4.1) at the encoder's codes z^(t), so the decoder learns
+from q's samples, as a VAE's does; the moves reach it only through the encoder's fit.
+``svgd_steps`` = T moves the particles T times per iteration, each move from the scores
+at the particles it starts from (one more pass of the decoder per move; the
+preconditioner's Q stays that of z^(t)); the encoder is fitted to the last, and its
+entropy term is weighed by T eps, the length of the T moves, so the calibrated fixed point
+above is kept to first order. ``decoder_codes="moved"`` takes the gradient of (4.1) at the
+moved particles, which are closer to the posterior than q's draws, in a pass of its own
+(and the ``loss`` metric there). Both apply to the unsupervised Stein VAE with one decoder.
 """
 
 import jax
@@ -149,9 +161,11 @@ __all__ = [
     "PRECONDITIONERS",
     "FIT_METRICS",
     "ENTROPY_WEIGHTS",
+    "DECODER_CODES",
 ]
 
 PRECONDITIONERS = ("none", "gauss_newton")
+DECODER_CODES = ("initial", "moved")
 FIT_METRICS = ("euclidean", "precision")
 ENTROPY_WEIGHTS = ("uniform", "importance")
 
@@ -354,6 +368,22 @@ def make_method(config, spec):
   if encoder_output != "mlp" and section.get("encoder_arch", "mlp") != "mlp":
     raise ValueError(f"stein_vae.encoder_output={encoder_output!r} applies to MLP encoders; "
                      "set it to 'mlp' with encoder_arch='conv'")
+  svgd_steps = section.get("svgd_steps", 1)
+  if not (isinstance(svgd_steps, int) and svgd_steps >= 1):
+    raise ValueError(f"stein_vae.svgd_steps={svgd_steps!r} must be an integer >= 1 (1: the "
+                     "dissertation's one SVGD move per iteration)")
+  decoder_codes = section.get("decoder_codes", "initial")
+  if decoder_codes not in DECODER_CODES:
+    raise ValueError(f"stein_vae.decoder_codes={decoder_codes!r} is not one of {DECODER_CODES} "
+                     "('initial': the gradient of (4.1) at the encoder's codes z^(t); 'moved': "
+                     "at the particles after the step's SVGD moves)")
+  if (svgd_steps > 1 or decoder_codes == "moved") and (
+      section.importance_weighted or section.semi_supervised or num_decoders > 1):
+    raise ValueError(f"stein_vae.svgd_steps={svgd_steps} / decoder_codes={decoder_codes!r} apply "
+                     "to the unsupervised Stein VAE with one decoder: moved codes have no "
+                     "change-of-variables density for the VIWAE's weights, and the label and "
+                     "decoder-sample terms keep the dissertation's one move; set svgd_steps=1 "
+                     "and decoder_codes='initial'")
   semi = semi_supervised.settings_from(section, spec)
   conv.check_section(section, spec.shape)
   dropout_rate = check_dropout(section)
@@ -451,6 +481,7 @@ def make_method(config, spec):
     estimate of (4.13) and its gradient, whose backward pass is m / M the size.
     """
     scale = num_particles / fit_particles
+    move_length = svgd_steps * section.svgd_step_size  # T eps: the fit's target lies T moves on
 
     def adam(eta, opt_state, grads):
       return adam_step(encoder_opt, eta, opt_state, grads)
@@ -466,7 +497,7 @@ def make_method(config, spec):
       constant; the mean log|det|)."""
       log_det = log_abs_det_jacobian(lambda noise: encode(e, x[:, None, :], noise, dropout_key),
                                      xi[None, :entropy_particles])
-      return (-entropy_weight * section.svgd_step_size * weighted_mean_log_det(log_det, weights),
+      return (-entropy_weight * move_length * weighted_mean_log_det(log_det, weights),
               jnp.mean(log_det))
 
     def one_step(carry, _):
@@ -553,6 +584,10 @@ def make_method(config, spec):
       log_w = jax.lax.stop_gradient(bounds.log_weights(log_p, log_q))
       weights = bounds.normalized_weights(log_w, axis=1)
       decoder_grads = decoder_gradients(thetas, x, z, weights)
+    elif decoder_codes == "moved":  # the scores alone now; the decoder after the moves
+      log_w = None
+      weights = jnp.full(z.shape[:2], 1.0 / num_particles)
+      _, scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), z)
     else:
       log_w = None
       weights = jnp.full(z.shape[:2], 1.0 / num_particles)
@@ -561,8 +596,9 @@ def make_method(config, spec):
       if semi:
         log_p, scores = log_p + label_log_p[:, :log_p.shape[1]], scores + label_scores
     cholesky = precision_cholesky(thetas, z)
-    moved, bandwidth = svgd_move(z, scores, section.svgd_step_size, log_w,
-                                 section.bandwidth_convention, repulsion_scale, kernel, cholesky)
+    moved, bandwidth = svgd_moves(thetas, x, z, scores, log_w, cholesky)
+    if decoder_codes == "moved":  # the gradient of (4.1) at the moved particles
+      log_p, decoder_grads = moved_decoder_gradients(thetas, x, moved)
     eta, enc_opt_state, fit_losses, log_det = fit_encoder(
         eta, state.opt_state["encoder"], x, xi, moved, z, encoder_pullback, dropout_key,
         cholesky if fit_metric == "precision" else None,
@@ -592,6 +628,37 @@ def make_method(config, spec):
     if section.importance_weighted:
       metrics["effective_sample_size"] = jnp.mean(bounds.effective_sample_size(log_w, axis=1))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def svgd_moves(thetas, x, z, scores, log_w, cholesky):
+    """``svgd_steps`` = T SVGD moves (4.12) of every example's particles from z, whose
+    scores are given; each later move takes the scores at the particles it starts from.
+    The preconditioner's factors (``cholesky``, or None) stay those of z for all T.
+
+    Returns:
+      (moved particles [B, M, D], bandwidths [B] averaged over the T moves).
+    """
+    def move(codes, code_scores):
+      return svgd_move(codes, code_scores, section.svgd_step_size, log_w,
+                       section.bandwidth_convention, repulsion_scale, kernel, cholesky)
+
+    moved, bandwidth = move(z, scores)
+    if svgd_steps == 1:  # the dissertation's one move per iteration
+      return moved, bandwidth
+
+    def again(codes, _):
+      _, code_scores = latent_scores(lambda c: log_joint(thetas, x[:, None, :], c), codes)
+      return move(codes, code_scores)
+
+    moved, bandwidths = jax.lax.scan(again, moved, None, length=svgd_steps - 1)
+    return moved, (bandwidth + jnp.sum(bandwidths, axis=0)) / svgd_steps
+
+  def moved_decoder_gradients(thetas, x, moved):
+    """(log p(x, z') [B, m], the decoder's descent direction): the gradient of (4.1) at the
+    first m = ``decoder_grad_particles`` moved particles (``decoder_codes='moved'``)."""
+    subset = moved[:, :grad_particles]
+    log_p, vjp = jax.vjp(lambda t: log_joint(t, x[:, None, :], subset), thetas)
+    (theta_grads,) = vjp(jnp.full_like(log_p, -1.0 / log_p.size))
+    return log_p, theta_grads
 
   def scores_and_decoder_gradients(thetas, x, z):
     """One backward pass gives the z-scores (4.12) and the theta-gradient of (4.1).

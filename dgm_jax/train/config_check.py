@@ -38,6 +38,7 @@ _TOYS = ("gmm", "pfa")
 _SECTION_POSITIVE_INTS = (
     "latent_dim", "num_particles", "encoder_steps", "decoder_samples", "num_samples",
     "labeled_batch_size", "labels_per_class", "entropy_particles", "eval_elbo_samples",
+    "svgd_steps",
     "num_chains", "thin", "num_draws", "conv_first_kernel_size", "conv_kernel_size",
     "disc_kernel_size")
 _SECTION_NON_NEGATIVE_INTS = ("flow_length", "decoder_grad_particles", "encoder_fit_particles",

@@ -426,7 +426,15 @@ def test_gauss_newton_precision_of_a_linear_decoder_is_the_exact_hessian(weights
       dict(importance_weighted=True, entropy_weight=0.5, entropy_particles=2)),
      (2, 0, 1.0, "rbf", "gauss_newton", 0, 0.0,  # :entropy,location_scale (its bandwidth)
       dict(fit_metric="precision", entropy_weight=1.0, entropy_particles=4,
-           encoder_output="location_scale", bandwidth_convention="median"))])
+           encoder_output="location_scale", bandwidth_convention="median")),
+     # T SVGD moves, the decoder's gradient at the initial or at the moved codes
+     (1, 0, 1.0, "rbf", "none", 0, 0.0, dict(svgd_steps=3)),
+     (2, 0, 6.0, "rbf", "none", 0, 0.0, dict(svgd_steps=3, decoder_codes="moved")),
+     (1, 2, 1.0, "coordinatewise", "none", 3, 0.5, dict(decoder_codes="moved")),
+     (2, 0, 1.0, "rbf", "gauss_newton", 0, 0.0,  # :entropy,location_scale with both
+      dict(fit_metric="precision", entropy_weight=1.0, entropy_particles=4,
+           encoder_output="location_scale", bandwidth_convention="median", svgd_steps=2,
+           decoder_codes="moved"))])
 def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particles, alpha, kernel,
                                                      preconditioner, fit_particles, dropout_rate,
                                                      extra):
@@ -435,7 +443,10 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   measured by the precision) against a plain composition of the algorithm's steps 1-5.
   ``extra``: the section's other settings (``entropy_weight``, ``entropy_particles``,
   ``fit_metric``; ``importance_weighted``: the Stein VIWAE of 4.3, its weights (4.40) from
-  log q by the change of variables, here whole-batch ``jacfwd`` blocks)."""
+  log q by the change of variables, here whole-batch ``jacfwd`` blocks; ``svgd_steps`` T
+  moves, each from the scores at the particles it starts from, the preconditioner's Q that of
+  the first, and the entropy term weighed by T eps; ``decoder_codes='moved'``: the gradient of
+  (4.1) and the loss at the moved particles)."""
   config = mnist.get_config("smoke")
   section = config.stein_vae
   section.update(num_particles=4, encoder_steps=encoder_steps,
@@ -466,6 +477,8 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
 
   z = encoder.apply(eta, x[:, None], xi[None], dropout_key)
   scores = jax.grad(lambda c: jnp.sum(log_joint(theta, c)))(z)
+  num_moves, decoder_codes = section.svgd_steps, section.decoder_codes
+  centers = jnp.mean(z, axis=1)  # [B, D]: where each example's Q is taken, for all T moves
 
   def noise_jacobians(e, num):
     """[B, num, D, D]: each code's Jacobian df/dxi, a diagonal block of the whole batch's."""
@@ -479,7 +492,7 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   else:
     weights = jnp.full((8, 4), 0.25)
   # (Weighted) SVGD (4.12)/(4.42) per example, the repulsive term scaled by alpha, written out.
-  def direction(particles, particle_scores, w):
+  def direction(particles, particle_scores, w, center):  # pylint: disable=unused-argument
     bandwidth = kernels.median_bandwidth(particles, section.bandwidth_convention)
     gram = w * jnp.exp(-jnp.sum((particles[:, None] - particles[None]) ** 2, -1) / bandwidth)
     differences = particles[:, None] - particles[None]
@@ -487,14 +500,14 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
     return gram @ particle_scores + alpha * repulsive
   if kernel == "coordinatewise":  # the same one-dimensional SVGD on each coordinate alone
     one_dim = direction
-    direction = lambda p, s, w: jnp.concatenate(
-        [one_dim(p[:, d:d + 1], s[:, d:d + 1], w) for d in range(p.shape[1])], axis=1)
+    direction = lambda p, s, w, c: jnp.concatenate(
+        [one_dim(p[:, d:d + 1], s[:, d:d + 1], w, c) for d in range(p.shape[1])], axis=1)
   if preconditioner == "gauss_newton":
     # The matrix-valued kernel Q^-1 k_Q with k_Q(a, b) = exp(-(a - b)^T Q (a - b) / h),
     # Q = J^T diag(p (1 - p)) J + I at the mean particle (J by reverse mode here), and h
     # the median heuristic of the whitened particles L^T z.
-    def direction(particles, particle_scores, w):
-      precision = written_out_precision(decoder, theta, jnp.mean(particles, axis=0))
+    def direction(particles, particle_scores, w, center):
+      precision = written_out_precision(decoder, theta, center)
       whitened = particles @ jnp.linalg.cholesky(precision)
       bandwidth = kernels.median_bandwidth(whitened, section.bandwidth_convention)
       differences = particles[:, None] - particles[None]  # [n, m, D]: z_n - z_m
@@ -502,19 +515,26 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
                          / bandwidth)
       repulsive = (2.0 / bandwidth) * jnp.einsum("nm,nmd->nd", gram, differences @ precision)
       return jnp.linalg.solve(precision, (gram @ particle_scores + alpha * repulsive).T).T
-  moved = z + section.svgd_step_size * jax.vmap(direction)(z, scores, weights)
+  moved, starts = z, []
+  for _ in range(num_moves):  # T moves, each from the scores where it starts
+    starts.append(moved)
+    move_scores = jax.grad(lambda c: jnp.sum(log_joint(theta, c)))(moved)
+    moved = moved + section.svgd_step_size * jax.vmap(direction)(moved, move_scores, weights,
+                                                                  centers)
 
-  def bandwidth(particles):  # the kernel's h, as the step's kernel_bandwidth metric averages it
+  def bandwidth(particles, center):  # the kernel's h, as the kernel_bandwidth metric has it
     if kernel == "coordinatewise":  # one h per coordinate
       return jnp.mean(jnp.stack([kernels.median_bandwidth(particles[:, d:d + 1],
                                                           section.bandwidth_convention)
                                  for d in range(particles.shape[1])]))
     if preconditioner == "gauss_newton":  # h of the whitened particles L^T z
-      precision = written_out_precision(decoder, theta, jnp.mean(particles, axis=0))
+      precision = written_out_precision(decoder, theta, center)
       particles = particles @ jnp.linalg.cholesky(precision)
     return kernels.median_bandwidth(particles, section.bandwidth_convention)
-  np.testing.assert_allclose(metrics["kernel_bandwidth"], jnp.mean(jax.vmap(bandwidth)(z)),
-                             rtol=1e-4)
+  # averaged over the examples and the T moves
+  np.testing.assert_allclose(
+      metrics["kernel_bandwidth"],
+      np.mean([jnp.mean(jax.vmap(bandwidth)(start, centers)) for start in starts]), rtol=1e-4)
   np.testing.assert_allclose(metrics["particle_move"],
                              jnp.mean(jnp.linalg.norm(moved - z, axis=-1)), rtol=1e-5)
   if section.importance_weighted:  # Kish's ESS of each example's weights, averaged
@@ -539,7 +559,7 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
     log_det = jnp.linalg.slogdet(noise_jacobians(e, entropy_particles))[1]  # [B, m]
     if section.entropy_weights == "importance":  # code j weighed by M w_j
       log_det = 4 * weights[:, :entropy_particles] * log_det
-    return -entropy_weight * section.svgd_step_size * jnp.mean(log_det)
+    return -entropy_weight * num_moves * section.svgd_step_size * jnp.mean(log_det)
 
   def fit_loss(e):
     errors = encoder.apply(e, x[:, None], xi[None, :m_fit], dropout_key) - moved[:, :m_fit]
@@ -554,10 +574,12 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
   # The loss metric: the mean negative log-joint over the decoder's gradient particles.
   # The VIWAE's: the weighted sum over each example's particles, and the same for theta's
   # gradient of (4.1) (its weights held constant).
+  codes = moved if decoder_codes == "moved" else z
+
   def neg_log_joint(t):
     if section.importance_weighted:
-      return -jnp.mean(jnp.sum(weights * log_joint(t, z), axis=1))
-    return -jnp.mean(log_joint(t, z[:, :m]))
+      return -jnp.mean(jnp.sum(weights * log_joint(t, codes), axis=1))
+    return -jnp.mean(log_joint(t, codes[:, :m]))
   np.testing.assert_allclose(metrics["loss"], neg_log_joint(theta), rtol=1e-5)
   dec_opt = make_optimizer(section, config.train.num_steps, steps_per_epoch)
   grads = jax.grad(neg_log_joint)(theta)
@@ -611,6 +633,10 @@ def test_subset_step_never_evaluates_the_log_joint_at_all_particles(grad_particl
     ("smoke,semi,cnn", "encoder_output", "location_scale", "applies to MLP encoders"),
     ("smoke,viwae", "entropy_weights", "ess", "stein_vae.entropy_weights='ess' is not one of"),
     ("smoke", "entropy_weights", "importance", "set importance_weighted=True"),
+    ("smoke", "svgd_steps", 0, "stein_vae.svgd_steps=0 must be an integer >= 1"),
+    ("smoke", "decoder_codes", "final", "stein_vae.decoder_codes='final' is not one of"),
+    ("smoke,viwae", "svgd_steps", 2, "apply to the unsupervised Stein VAE"),
+    ("smoke,semi", "decoder_codes", "moved", "apply to the unsupervised Stein VAE"),
 ])
 def test_bad_settings_are_rejected_with_one_message(config_arg, key, value, message):
   """M = 4 under :smoke, so 5 gradient particles are too many; the VIWAE's decoder gradient
