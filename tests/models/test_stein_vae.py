@@ -476,7 +476,6 @@ def test_train_step_equals_the_algorithm_written_out(encoder_steps, grad_particl
     return log_lik - 0.5 * jnp.sum(z**2, -1) - 0.5 * z.shape[-1] * np.log(2 * np.pi)
 
   z = encoder.apply(eta, x[:, None], xi[None], dropout_key)
-  scores = jax.grad(lambda c: jnp.sum(log_joint(theta, c)))(z)
   num_moves, decoder_codes = section.svgd_steps, section.decoder_codes
   centers = jnp.mean(z, axis=1)  # [B, D]: where each example's Q is taken, for all T moves
 
@@ -714,6 +713,20 @@ def test_entropy_config_sets_the_precision_fit_and_the_calibrated_entropy(arg, n
   assert (default.fit_metric, default.entropy_weight) == ("euclidean", 0.0)
   assert section.encoder_output == default.encoder_output == "mlp"
   assert mnist.get_config(arg + ",location_scale").stein_vae.encoder_output == "location_scale"
+
+
+def test_refine_config_moves_three_times_and_trains_the_decoder_at_the_moved_particles():
+  """``:refine``: T = 3 moves and the decoder at the moved codes; the default keeps the
+  dissertation's one move and the encoder's codes; with the VIWAE or semi-supervised
+  learning the argument is refused in one line."""
+  section = mnist.get_config("entropy,location_scale,refine").stein_vae
+  assert (section.svgd_steps, section.decoder_codes) == (3, "moved")
+  assert section.entropy_weight == 1.0 and section.encoder_output == "location_scale"
+  default = mnist.get_config().stein_vae
+  assert (default.svgd_steps, default.decoder_codes) == (1, "initial")
+  for arg in ("viwae,refine", "semi,refine"):
+    with pytest.raises(ValueError, match="'refine' goes with the unsupervised Stein VAE"):
+      mnist.get_config(arg)
 
 
 @given(hnp.arrays(np.float64, (2, 3, 3), elements=finite(-2.0, 2.0)),
