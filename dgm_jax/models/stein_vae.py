@@ -377,12 +377,18 @@ def make_method(config, spec):
     raise ValueError(f"stein_vae.decoder_codes={decoder_codes!r} is not one of {DECODER_CODES} "
                      "('initial': the gradient of (4.1) at the encoder's codes z^(t); 'moved': "
                      "at the particles after the step's SVGD moves)")
-  if (svgd_steps > 1 or decoder_codes == "moved") and (
-      section.importance_weighted or section.semi_supervised or num_decoders > 1):
-    raise ValueError(f"stein_vae.svgd_steps={svgd_steps} / decoder_codes={decoder_codes!r} apply "
-                     "to the unsupervised Stein VAE with one decoder: moved codes have no "
-                     "change-of-variables density for the VIWAE's weights, and the label and "
-                     "decoder-sample terms keep the dissertation's one move; set svgd_steps=1 "
+  refined = [setting for setting, used in ((f"svgd_steps={svgd_steps}", svgd_steps > 1), (
+      f"decoder_codes={decoder_codes!r}", decoder_codes == "moved")) if used]
+  conflicts = [setting for setting, used in (
+      ("importance_weighted=True (moved codes have no change-of-variables density for the "
+       "VIWAE's weights)", section.importance_weighted),
+      ("semi_supervised=True (the label term keeps the dissertation's one move)",
+       section.semi_supervised),
+      (f"decoder_samples={num_decoders} (their SVGD keeps the dissertation's one move)",
+       num_decoders > 1)) if used]
+  if refined and conflicts:
+    raise ValueError(f"stein_vae.{' and '.join(refined)} apply to the unsupervised Stein VAE "
+                     f"with one decoder, not with {' and '.join(conflicts)}; set svgd_steps=1 "
                      "and decoder_codes='initial'")
   semi = semi_supervised.settings_from(section, spec)
   conv.check_section(section, spec.shape)
@@ -493,8 +499,8 @@ def make_method(config, spec):
                                       fit_targets, metric_cholesky)
 
     def entropy_loss(e):
-      """(-lambda eps E_n E_j log|det df/dxi_j| on m particles: -lambda eps E_n H(q_n) up to a
-      constant; the mean log|det|)."""
+      """(-lambda T eps E_n E_j log|det df/dxi_j| on m particles: -lambda T eps E_n H(q_n) up
+      to a constant, T = ``svgd_steps``; the mean log|det|)."""
       log_det = log_abs_det_jacobian(lambda noise: encode(e, x[:, None, :], noise, dropout_key),
                                      xi[None, :entropy_particles])
       return (-entropy_weight * move_length * weighted_mean_log_det(log_det, weights),

@@ -430,7 +430,7 @@ def test_gauss_newton_precision_of_a_linear_decoder_is_the_exact_hessian(weights
      # T SVGD moves, the decoder's gradient at the initial or at the moved codes
      (1, 0, 1.0, "rbf", "none", 0, 0.0, dict(svgd_steps=3)),
      (2, 0, 6.0, "rbf", "none", 0, 0.0, dict(svgd_steps=3, decoder_codes="moved")),
-     (1, 2, 1.0, "coordinatewise", "none", 3, 0.5, dict(decoder_codes="moved")),
+     (1, 2, 1.0, "coordinatewise", "none", 3, 0.5, dict(svgd_steps=2, decoder_codes="moved")),
      (2, 0, 1.0, "rbf", "gauss_newton", 0, 0.0,  # :entropy,location_scale with both
       dict(fit_metric="precision", entropy_weight=1.0, entropy_particles=4,
            encoder_output="location_scale", bandwidth_convention="median", svgd_steps=2,
@@ -634,8 +634,10 @@ def test_subset_step_never_evaluates_the_log_joint_at_all_particles(grad_particl
     ("smoke", "entropy_weights", "importance", "set importance_weighted=True"),
     ("smoke", "svgd_steps", 0, "stein_vae.svgd_steps=0 must be an integer >= 1"),
     ("smoke", "decoder_codes", "final", "stein_vae.decoder_codes='final' is not one of"),
-    ("smoke,viwae", "svgd_steps", 2, "apply to the unsupervised Stein VAE"),
-    ("smoke,semi", "decoder_codes", "moved", "apply to the unsupervised Stein VAE"),
+    ("smoke,viwae", "svgd_steps", 2, "svgd_steps=2 apply to the unsupervised Stein VAE with one "
+     "decoder, not with importance_weighted=True"),
+    ("smoke,semi", "decoder_codes", "moved", "decoder_codes='moved' apply to the unsupervised "
+     "Stein VAE with one decoder, not with semi_supervised=True"),
 ])
 def test_bad_settings_are_rejected_with_one_message(config_arg, key, value, message):
   """M = 4 under :smoke, so 5 gradient particles are too many; the VIWAE's decoder gradient
@@ -644,6 +646,17 @@ def test_bad_settings_are_rejected_with_one_message(config_arg, key, value, mess
   config.stein_vae[key] = value
   spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
   with pytest.raises(ValueError, match=message):
+    stein_vae.make_method(config, spec)
+
+
+def test_refined_particles_are_refused_with_decoder_samples():
+  """T moves with M_theta > 1 decoder samples (their SVGD keeps one move) stop in one line
+  naming both settings."""
+  config = mnist.get_config("smoke")
+  config.stein_vae.update(svgd_steps=2, decoder_codes="moved", decoder_samples=2)
+  spec = DataSpec(shape=(8, 8, 1), kind="grayscale8", num_train=100)
+  with pytest.raises(ValueError, match="svgd_steps=2 and decoder_codes='moved' apply to the "
+                     "unsupervised Stein VAE with one decoder, not with decoder_samples=2"):
     stein_vae.make_method(config, spec)
 
 

@@ -78,6 +78,8 @@ def test_an_optional_count_may_be_left_out():
      "'median'"),
     ("vae", "lr_schedule", "cosine", "is not one of 'constant', 'geometric', 'burda'"),
     ("vae", "likelihood", "gaussian", "is not one of"),
+    ("stein_vae", "svgd_steps", 0, "must be a positive integer"),
+    ("stein_vae", "decoder_codes", "final", "is not one of 'initial', 'moved'"),
 ])
 def test_a_bad_section_value_is_one_problem_naming_its_key(method, key, value, needle):
   config = mnist.get_config("smoke")
