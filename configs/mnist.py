@@ -33,6 +33,7 @@ Arguments after the colon, comma-separated:
            particles (``svgd_steps=3``, ``decoder_codes='moved'``; not in the dissertation,
            README): the decoder learns from particles nearer the posterior than q's draws.
            The unsupervised Stein VAE only; measured with ``entropy,location_scale``
+           (README, "Refined particles")
   ch5      the chapter-5 VAE baseline: the ``vae`` section takes the ``asvae`` section's nets
            and optimizer (z of 64, 200-200 ReLU, Adam 1e-3, beta1 0.5)
 
