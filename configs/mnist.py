@@ -31,7 +31,7 @@ Arguments after the colon, comma-separated:
            (``:entropy,location_scale``)
   refine   three SVGD moves per iteration and the decoder's gradient of (4.1) at the moved
            particles (``svgd_steps=3``, ``decoder_codes='moved'``; not in the dissertation,
-           README): the decoder learns from particles nearer the posterior than q's draws.
+           README): the decoder learns from q's draws after SVGD has moved them.
            The unsupervised Stein VAE only; measured with ``entropy,location_scale``
            (README, "Refined particles")
   ch5      the chapter-5 VAE baseline: the ``vae`` section takes the ``asvae`` section's nets

@@ -128,8 +128,8 @@ at the particles it starts from (one more pass of the decoder per move; the
 preconditioner's Q stays that of z^(t)); the encoder is fitted to the last, and its
 entropy term is weighed by T eps, the length of the T moves, so the calibrated fixed point
 above is kept to first order. ``decoder_codes="moved"`` takes the gradient of (4.1) at the
-moved particles, which are closer to the posterior than q's draws, in a pass of its own
-(and the ``loss`` metric there). Both apply to the unsupervised Stein VAE with one decoder.
+particles after the moves, which SVGD has moved towards the posterior, in a pass of its own
+(and the ``loss`` metric there, so it does not compare with an ``"initial"`` run's). Both apply to the unsupervised Stein VAE with one decoder.
 """
 
 import jax
