@@ -327,6 +327,15 @@ def gauss_newton_precision(logits_fn, z):
   return jacobian.T @ (curvature[:, None] * jacobian) + jnp.eye(z.shape[-1], dtype=z.dtype)
 
 
+def section_choice(section, key, default, choices, meaning):
+  """Reads ``stein_vae.<key>`` (``default`` when absent) and refuses a value outside
+  ``choices`` with one line naming the setting, the choices and what each means."""
+  value = section.get(key, default)
+  if value not in choices:
+    raise ValueError(f"stein_vae.{key}={value!r} is not one of {choices} ({meaning})")
+  return value
+
+
 def make_method(config, spec):
   """Builds the Stein VAE / VIWAE from ``config.stein_vae`` and the data spec."""
   section = config.stein_vae
@@ -351,20 +360,14 @@ def make_method(config, spec):
   if not repulsion_scale > 0:
     raise ValueError(f"repulsion_scale={repulsion_scale!r} must be > 0 (1: the dissertation's "
                      "SVGD; above 1 widens an encoder that follows few particles)")
-  kernel = section.get("kernel", "rbf")
-  if kernel not in svgd.KERNELS:
-    raise ValueError(f"stein_vae.kernel={kernel!r} is not one of {svgd.KERNELS} ('rbf': the "
-                     "dissertation's; 'coordinatewise': one SVGD per latent coordinate)")
-  preconditioner = section.get("preconditioner", "none")
-  if preconditioner not in PRECONDITIONERS:
-    raise ValueError(f"stein_vae.preconditioner={preconditioner!r} is not one of "
-                     f"{PRECONDITIONERS} ('none': the dissertation's kernel; 'gauss_newton': "
-                     "the kernel whitened by each example's Gauss-Newton precision)")
-  encoder_output = section.get("encoder_output", "mlp")
-  if encoder_output not in ENCODER_OUTPUTS:
-    raise ValueError(f"stein_vae.encoder_output={encoder_output!r} is not one of "
-                     f"{ENCODER_OUTPUTS} ('mlp': the dissertation's f_eta(x, xi); "
-                     "'location_scale': z = m + exp(v / 2) xi from the MLP's two halves)")
+  kernel = section_choice(section, "kernel", "rbf", svgd.KERNELS, (
+      "'rbf': the dissertation's; 'coordinatewise': one SVGD per latent coordinate"))
+  preconditioner = section_choice(section, "preconditioner", "none", PRECONDITIONERS, (
+      "'none': the dissertation's kernel; 'gauss_newton': the kernel whitened by each "
+      "example's Gauss-Newton precision"))
+  encoder_output = section_choice(section, "encoder_output", "mlp", ENCODER_OUTPUTS, (
+      "'mlp': the dissertation's f_eta(x, xi); 'location_scale': z = m + exp(v / 2) xi from "
+      "the MLP's two halves"))
   if encoder_output != "mlp" and section.get("encoder_arch", "mlp") != "mlp":
     raise ValueError(f"stein_vae.encoder_output={encoder_output!r} applies to MLP encoders; "
                      "set it to 'mlp' with encoder_arch='conv'")
@@ -372,11 +375,9 @@ def make_method(config, spec):
   if not (isinstance(svgd_steps, int) and svgd_steps >= 1):
     raise ValueError(f"stein_vae.svgd_steps={svgd_steps!r} must be an integer >= 1 (1: the "
                      "dissertation's one SVGD move per iteration)")
-  decoder_codes = section.get("decoder_codes", "initial")
-  if decoder_codes not in DECODER_CODES:
-    raise ValueError(f"stein_vae.decoder_codes={decoder_codes!r} is not one of {DECODER_CODES} "
-                     "('initial': the gradient of (4.1) at the encoder's codes z^(t); 'moved': "
-                     "at the particles after the step's SVGD moves)")
+  decoder_codes = section_choice(section, "decoder_codes", "initial", DECODER_CODES, (
+      "'initial': the gradient of (4.1) at the encoder's codes z^(t); 'moved': at the "
+      "particles after the step's SVGD moves"))
   refined = [setting for setting, used in ((f"svgd_steps={svgd_steps}", svgd_steps > 1), (
       f"decoder_codes={decoder_codes!r}", decoder_codes == "moved")) if used]
   conflicts = [setting for setting, used in (
@@ -397,11 +398,9 @@ def make_method(config, spec):
     raise ValueError("encoder_dropout applies to the Stein VAE only: the VIWAE's weights need "
                      "the change-of-variables density of each example's masked encoder; set it "
                      "to 0")
-  fit_metric = section.get("fit_metric", "euclidean")
-  if fit_metric not in FIT_METRICS:
-    raise ValueError(f"stein_vae.fit_metric={fit_metric!r} is not one of {FIT_METRICS} "
-                     "('euclidean': the dissertation's (4.13); 'precision': errors measured by "
-                     "the Gauss-Newton precision)")
+  fit_metric = section_choice(section, "fit_metric", "euclidean", FIT_METRICS, (
+      "'euclidean': the dissertation's (4.13); 'precision': errors measured by the "
+      "Gauss-Newton precision"))
   if fit_metric == "precision" and preconditioner != "gauss_newton":
     raise ValueError("stein_vae.fit_metric='precision' measures the fit by the Gauss-Newton "
                      "precision, which preconditioner='gauss_newton' computes; set both")
@@ -414,11 +413,9 @@ def make_method(config, spec):
   if not (isinstance(entropy_particles, int) and 0 < entropy_particles <= num_particles):
     raise ValueError(f"stein_vae.entropy_particles={entropy_particles} must be an integer in "
                      f"[1, num_particles={num_particles}]")
-  entropy_weights = section.get("entropy_weights", "uniform")
-  if entropy_weights not in ENTROPY_WEIGHTS:
-    raise ValueError(f"stein_vae.entropy_weights={entropy_weights!r} is not one of "
-                     f"{ENTROPY_WEIGHTS} ('uniform': each particle's log|det| weighed 1 / m; "
-                     "'importance': by M times its importance weight, the Stein VIWAE's)")
+  entropy_weights = section_choice(section, "entropy_weights", "uniform", ENTROPY_WEIGHTS, (
+      "'uniform': each particle's log|det| weighed 1 / m; 'importance': by M times its "
+      "importance weight, the Stein VIWAE's"))
   if entropy_weights == "importance" and not section.importance_weighted:
     raise ValueError("stein_vae.entropy_weights='importance' weighs the entropy term by the "
                      "Stein VIWAE's importance weights; set importance_weighted=True or "
