@@ -129,7 +129,8 @@ preconditioner's Q stays that of z^(t)); the encoder is fitted to the last, and 
 entropy term is weighed by T eps, the length of the T moves, so the calibrated fixed point
 above is kept to first order. ``decoder_codes="moved"`` takes the gradient of (4.1) at the
 particles after the moves, which SVGD has moved towards the posterior, in a pass of its own
-(and the ``loss`` metric there, so it does not compare with an ``"initial"`` run's). Both apply to the unsupervised Stein VAE with one decoder.
+(and the ``loss`` metric there, so it does not compare with an ``"initial"`` run's). Both
+apply to the unsupervised Stein VAE with one decoder.
 """
 
 import jax
