@@ -58,7 +58,8 @@ def iwae_bound(log_weights, axis=0):
 
 
 def normalized_weights(log_weights, axis=0):
-  """Self-normalized importance weights ``w_i / sum_j w_j`` (softmax of logs)."""
+  """Self-normalized importance weights ``w_i / sum_j w_j`` (softmax of logs); NaN where
+  every log-weight is -inf (nothing to normalize), which the loop's non-finite guard stops on."""
   return jax.nn.softmax(log_weights, axis=axis)
 
 

@@ -32,9 +32,9 @@ behaviour measured for a standard normal (``tests/test_svgd.py``) holds in every
 direction at once: an amortized encoder's spread settles at one fraction of the
 posterior's covariance instead of collapsing along its narrow directions.
 
-Particles carry a leading axis [M, ...];
-all functions are vmappable over further leading batch axes, and
-``tree_svgd_direction`` handles pytree particles (decoder parameters theta).
+Particles are [M, D] arrays (M particles in D dimensions); all functions are
+vmappable over further leading batch axes, and ``tree_svgd_direction`` handles
+pytree particles with [M, ...] leaves (decoder parameters theta).
 """
 
 import jax
@@ -87,7 +87,9 @@ def weighted_svgd_direction(particles, scores, log_weights, bandwidth=None,
   Args:
     particles: [M, D].
     scores: [M, D].
-    log_weights: [M] unnormalized log importance weights (gradients stopped).
+    log_weights: [M] unnormalized log importance weights (gradients stopped). All
+      -inf (no particle possible) has no weights to normalize and gives NaN, which
+      the training loop stops on with the step number, rather than uniform weights.
     bandwidth: kernel bandwidth h; None uses the median heuristic.
     convention: median convention when ``bandwidth`` is None.
     repulsion_scale: alpha multiplying the repulsive term (1: (4.39)).

@@ -45,8 +45,13 @@ class TestPairwiseSqDists:
     np.testing.assert_allclose(kernels.pairwise_sq_dists(x, y), expected, rtol=1e-9, atol=1e-9)
 
   def test_clipped_at_zero_for_identical_rows(self):
-    x = jnp.full((4, 3), 1e4 / 3.0)
-    assert np.all(np.asarray(kernels.pairwise_sq_dists(x, x)) >= 0.0)
+    # A tight cloud far from the origin with one row repeated: the Gram form
+    # |x|^2 + |y|^2 - 2 x.y of the repeated pair rounds below 0 without the clip (-1e-10).
+    x = 300.0 + 1e-3 * np.random.default_rng(0).standard_normal((8, 3))
+    x[1] = x[0]
+    d = np.asarray(kernels.pairwise_sq_dists(jnp.asarray(x), jnp.asarray(x)))
+    assert np.all(d >= 0.0) and d[0, 1] == d[1, 0] == 0.0
+    np.testing.assert_allclose(d, scipy.spatial.distance.cdist(x, x, "sqeuclidean"), atol=1e-9)
 
 
 class TestRBFKernel:
@@ -114,7 +119,7 @@ class TestMedianBandwidth:
   def test_one_particle_and_identical_particles(self, convention):
     for x in (jnp.ones((1, 4)), jnp.full((6, 4), 3.0)):
       h = median_bandwidth(x, convention)
-      assert np.isfinite(h) and h > 0
+      assert h == 1.0  # the documented fallback: no distances to take a median of
 
   def test_unknown_convention_is_a_clear_error(self):
     with pytest.raises(ValueError, match="liu_wang"):

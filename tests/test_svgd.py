@@ -145,10 +145,20 @@ class TestWeightedSVGDDirection:
 
   @given(particles_and_scores(), finite(-1e3, 1e3))
   def test_uniform_log_weights_give_unweighted(self, args, level):
+    """Equal log-weights at any level are the weights 1/M of the definition, with the
+    median bandwidth (of the centred particles, as in ``test_median_bandwidth_default``)."""
     x, scores, _ = args
     log_w = jnp.full(x.shape[0], level)
+    h = median_bandwidth(x - np.mean(x, axis=0))
+    uniform = jnp.full(x.shape[0], 1.0 / x.shape[0])
     np.testing.assert_allclose(weighted_svgd_direction(x, scores, log_w),
-                               svgd_direction(x, scores), rtol=1e-10, atol=1e-12)
+                               autodiff_direction(x, scores, uniform, h), rtol=1e-7, atol=1e-9)
+
+  def test_all_minus_inf_log_weights_are_nan_not_uniform(self):
+    """No particle possible: NaN, for the loop's non-finite guard to stop on."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 2))
+    phi = weighted_svgd_direction(x, -x, jnp.full(4, -jnp.inf))
+    assert np.all(np.isnan(phi))
 
   def test_dominant_weight_at_extreme_log_weights(self):
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 2))
