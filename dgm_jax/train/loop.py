@@ -529,8 +529,9 @@ class BestState:
   The state is saved under ``<workdir>/best`` (one checkpoint) and its step and
   value in ``<workdir>/best.json``, written after the state. A resumed run reads
   where the comparison stood. If the two disagree (a run killed between the
-  writes), the record is dropped: the loop checkpoints only after validating, so
-  the resumed run validates that step again and finds the same state.
+  writes), the record and the state are dropped: the loop checkpoints only after
+  validating, so the resumed run validates that step again (with the same settings it
+  finds the same state; with a changed learning rate, its own).
   """
 
   def __init__(self, workdir, metric, lower_is_better, fresh=False, resumed_step=None):
@@ -547,6 +548,18 @@ class BestState:
       logging.warning("%s names step %d, after the resumed step %d: dropped", self.path,
                       stored["step"], resumed_step)
       stored, fresh = None, True
+    if stored is not None and stored.get("metric") != metric:
+      raise guards.ConfigError(
+          f"{workdir} kept its best state by {stored.get('metric')!r}: resume it with "
+          f"train.early_stopping={stored.get('metric')!r}, or use a fresh workdir")
+    held = _finished_steps(directory)
+    if stored is not None and held[-1:] != [stored["step"]]:
+      # The state is cleared with the record: saved again at its step, a state of the resumed
+      # run would otherwise leave the old one in place (orbax keeps an existing step).
+      logging.warning("%s names step %s, %s holds %s: early stopping starts comparing "
+                      "again from the resumed step", self.path, stored["step"], directory,
+                      held or "no state")
+      stored, fresh = None, True
     if fresh and writers.is_primary():  # a run from step 0 must not compare with old states
       shutil.rmtree(directory, ignore_errors=True)
       if os.path.exists(self.path):
@@ -554,16 +567,7 @@ class BestState:
     self.checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=1, subdir="best")
     self.record = None  # {"step", "value"} of the best state so far
     if stored is not None:
-      if stored.get("metric") != metric:
-        raise guards.ConfigError(
-            f"{workdir} kept its best state by {stored.get('metric')!r}: resume it with "
-            f"train.early_stopping={stored.get('metric')!r}, or use a fresh workdir")
-      if self.checkpointer.latest_step() == stored["step"]:
-        self.record = {"step": stored["step"], "value": stored["value"]}
-      else:
-        logging.warning("%s names step %s, %s holds %s: early stopping starts comparing "
-                        "again from the resumed step", self.path, stored["step"], directory,
-                        self.checkpointer.latest_step())
+      self.record = {"step": stored["step"], "value": stored["value"]}
 
   def improves(self, value):
     """Whether ``value`` beats the best so far (strictly; a NaN never does)."""
@@ -592,6 +596,14 @@ class BestState:
 
   def close(self):
     self.checkpointer.close()
+
+
+def _finished_steps(directory):
+  """The sorted steps of the finished orbax checkpoints in ``directory`` (its digit-named
+  folders; a save in progress has a temporary name)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
 def limited_eval_batches(data, split, batch_size, limit=0):

@@ -100,14 +100,20 @@ def test_a_record_without_its_checkpoint_is_dropped(tmp_path):
   again = loop.BestState(str(tmp_path), "nll_nats", lower_is_better=True)
   assert again.record is None
   again.close()
+  # The resumed run's own state at step 5 (a resume may change the learning rate) is kept,
+  # not the orphan the killed run left at that step.
   kept = loop.BestState(str(tmp_path), "nll_nats", lower_is_better=True)
-  assert kept.update(_state(5), 5, {"nll_nats": 90.0})
+  assert kept.update(_state(5, 2.0), 5, {"nll_nats": 90.0})
   kept.close()
-  assert loop.BestState(str(tmp_path), "nll_nats", True).record == {"step": 5, "value": 90.0}
+  read = loop.BestState(str(tmp_path), "nll_nats", True)
+  assert read.record == {"step": 5, "value": 90.0}
+  np.testing.assert_array_equal(read.restore(_state(5)).params["w"], 2.0)
+  read.close()
 
 
-def _state(step):
-  return TrainState(step=jnp.asarray(step, jnp.int32), params={"w": jnp.ones(3)}, opt_state={})
+def _state(step, w=1.0):
+  return TrainState(step=jnp.asarray(step, jnp.int32), params={"w": jnp.full(3, w)},
+                    opt_state={})
 
 
 @pytest.mark.parametrize("variant,train,evaluation,needle", [
