@@ -11,17 +11,25 @@ from dgm_jax.eval import classifier
 from dgm_jax.nets import conv
 from dgm_jax.train.guards import ConfigError
 
-__all__ = ["validate", "validate_toy", "section_problems", "REQUIRED_KEYS",
-           "EARLY_STOPPING_METRICS"]
+__all__ = ["validate", "validate_toy", "section_problems", "fill_defaults", "REQUIRED_KEYS",
+           "OPTIONAL_DEFAULTS", "EARLY_STOPPING_METRICS"]
 
 REQUIRED_KEYS = (
     "seed", "data.name", "data.data_dir", "data.batch_size", "train.num_steps",
     "train.log_every", "train.eval_every", "train.ckpt_every",
     "eval.num_importance_samples", "eval.batch_size",
 )
+# Keys a config may leave out, and the value ``fill_defaults`` gives them (the values of
+# configs/common.base_config; tests/train/test_config_check.py keeps the two equal).
+OPTIONAL_DEFAULTS = {
+    "distributed": False, "train.tensorboard": True, "train.prefetch_steps": 50,
+    "train.early_stopping": "", "eval.valid_importance_samples": 100, "eval.max_chunk": 500,
+    "eval.binarization_seed": 0, "eval.max_valid_examples": 2000, "eval.max_test_examples": 0,
+    "eval.classifier": "", "eval.classifier_steps": 3000, "eval.num_score_samples": 10_000,
+}
 _POSITIVE_INTS = ("data.batch_size", "train.num_steps", "train.log_every", "train.eval_every",
                   "train.ckpt_every", "eval.num_importance_samples", "eval.batch_size")
-# Counts a config may leave out (the loop has defaults), checked when present.
+# Counts a config may leave out (OPTIONAL_DEFAULTS), checked when present.
 _OPTIONAL_POSITIVE_INTS = ("train.prefetch_steps", "eval.max_chunk", "eval.classifier_steps")
 _OPTIONAL_NON_NEGATIVE_INTS = (  # 0: skip it, or for max_*: no limit
     "eval.valid_importance_samples", "eval.max_valid_examples", "eval.max_test_examples",
@@ -59,6 +67,22 @@ _SECTION_RANGES = {
     "encoder_dropout": (0.0, 1.0, True, False), "repulsion_scale": (0.0, None, True, False),
     "entropy_weight": (0.0, None, True, False), "disc_gradient_penalty": (0.0, None, True, False),
     "flow_init_scale": (0.0, None, True, False)}
+
+
+def fill_defaults(config):
+  """Sets each key of ``OPTIONAL_DEFAULTS`` that ``config`` leaves out (in place), so that
+  the loop and the models read every key as an attribute; a missing section is created.
+  Keys the config has keep their values, to be checked by :func:`validate`."""
+  with config.unlocked():
+    for key, value in OPTIONAL_DEFAULTS.items():
+      *sections, name = key.split(".")
+      node = config
+      for section in sections:
+        if section not in node:
+          node[section] = {}
+        node = node[section]
+      if hasattr(node, "get") and name not in node:
+        node[name] = value
 
 
 def validate(config, method_name):

@@ -51,6 +51,7 @@ def run(config, workdir=None, method_name=None):
   method_name = method_name or config.method
   with config.unlocked():
     config.method = method_name
+  config_check.fill_defaults(config)
   config_check.validate(config, method_name)
   parallel.maybe_initialize_distributed(config.get("distributed", False))
   workdir = workdir or default_workdir(method_name, config.data.name)

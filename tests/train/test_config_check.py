@@ -1,10 +1,12 @@
 """config_check.validate: a bad count, size, range or choice stops with one message naming the
 key, before any data is read or a network built; the shipped configs pass unchanged."""
 
+import json
+
 import pytest
 
-from configs import gmm, mnist, pfa
-from dgm_jax.train import config_check
+from configs import common, gmm, mnist, pfa
+from dgm_jax.train import config_check, loop
 from dgm_jax.train.guards import ConfigError
 
 
@@ -51,11 +53,37 @@ def test_zero_turns_an_optional_count_off(key, value):
   config_check.validate(config, "vae")
 
 
-def test_an_optional_count_may_be_left_out():
+def test_the_optional_defaults_are_the_shipped_ones():
+  """A key left out means what configs/common.base_config sets it to."""
+  shipped = common.base_config("mnist", batch_size=100)
+  for key, value in config_check.OPTIONAL_DEFAULTS.items():
+    node = shipped
+    for part in key.split("."):
+      node = node[part]
+    assert node == value and type(node) is type(value), (key, node, value)
+
+
+def test_a_run_without_the_optional_keys_trains_with_their_defaults(tmp_path):
+  """Every key of OPTIONAL_DEFAULTS left out: the smoke VAE runs to the end (they used to
+  be read as attributes: an AttributeError traceback, for eval.max_chunk after training)
+  and its config.json holds the defaults."""
   config = mnist.get_config("smoke")
-  del config.train["prefetch_steps"]
-  del config.eval["max_chunk"]
-  config_check.validate(config, "vae")
+  config.data.name = "digits"  # bundled with scikit-learn: no data set needed
+  for key in config_check.OPTIONAL_DEFAULTS:
+    *sections, name = key.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    del node[name]
+  config_check.validate(config, "vae")  # left out is not a problem
+  results = loop.run(config, str(tmp_path / "run"), "vae")
+  assert results["steps"] == 20 and results["nll_num_samples"] == 8
+  written = json.loads((tmp_path / "run" / "config.json").read_text())
+  for key, value in config_check.OPTIONAL_DEFAULTS.items():
+    node = written
+    for part in key.split("."):
+      node = node[part]
+    assert node == value, key
 
 
 @pytest.mark.parametrize("method,key,value,needle", [
