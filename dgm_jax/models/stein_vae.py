@@ -248,6 +248,11 @@ def codes_fit_loss(codes, targets, metric_cholesky=None):
 def change_of_variables_log_q(encode_one, xi):
   """log q(z) = log N(xi; 0, I) - log |det df/dxi| for a square map z = f(xi).
 
+  Exact only where f is one-to-one: where f folds (k preimages xi of one z) this is
+  about log q(z) - log k, and importance weights p / q built on it overstate p(x)
+  by the mean k. Nothing forces f_eta to be injective; :func:`density_check`
+  measures it for a trained encoder (README, "Is q's density q's?").
+
   Args:
     encode_one: ``xi [D] -> z [D]`` for one example.
     xi: [D].
@@ -260,6 +265,47 @@ def change_of_variables_log_q(encode_one, xi):
   _, log_abs_det = jnp.linalg.slogdet(jacobian)
   log_q0 = jnp.sum(likelihoods.gaussian_log_prob(xi, 0.0, 0.0))
   return z, log_q0 - log_abs_det
+
+
+def density_check(encode_one, key, num_samples, latent_dim):
+  """Whether the change-of-variables density of ``encode_one`` is the density of its codes.
+
+  With g a Gaussian fitted to ``num_samples`` codes and q^ the density of
+  :func:`change_of_variables_log_q`, ``E_{z ~ q}[g(z) / q^(z)] = 1`` exactly when
+  q^ = q (g is normalized); where f folds, q^ is too small and the mean is the
+  mean number of preimages. A fold also shows as a change of sign of det df/dxi
+  (not always: z = xi^2 as a complex number has det 4 |xi|^2 > 0 and two preimages).
+  The identity needs g's mass inside q's support: where f does not reach all of R^D
+  the estimate is low by the mass of g it misses.
+
+  Args:
+    encode_one: ``xi [D] -> z [D]`` for one example.
+    key: PRNG key.
+    num_samples: draws of xi for the fit and, independently, for the estimate.
+    latent_dim: D, the dimension of xi and z.
+
+  Returns:
+    (fraction of the codes whose det df/dxi has the less common sign,
+     log of the estimate of E_q[g / q^]; 0 up to sampling error for an injective f).
+  """
+  fit_key, draw_key = jax.random.split(key)
+
+  def codes(k):
+    xi = jax.random.normal(k, (num_samples, latent_dim))
+    z, log_q = jax.vmap(lambda e: change_of_variables_log_q(encode_one, e))(xi)
+    signs = jax.vmap(lambda e: jnp.linalg.slogdet(jax.jacfwd(encode_one)(e))[0])(xi)
+    return z, log_q, signs
+
+  fitted, _, _ = codes(fit_key)
+  z, log_q, signs = codes(draw_key)
+  mean = jnp.mean(fitted, axis=0)
+  cov = jnp.cov(fitted.T) + 1e-6 * jnp.eye(fitted.shape[1], dtype=fitted.dtype)
+  cholesky = jnp.linalg.cholesky(cov)
+  white = jax.scipy.linalg.solve_triangular(cholesky, (z - mean).T, lower=True)
+  log_g = (-0.5 * jnp.sum(jnp.square(white), axis=0) - jnp.sum(jnp.log(jnp.diag(cholesky)))
+           - 0.5 * z.shape[1] * jnp.log(2.0 * jnp.pi))
+  minority = jnp.minimum(jnp.mean(signs > 0), jnp.mean(signs < 0))
+  return minority, jax.nn.logsumexp(log_g - log_q) - jnp.log(num_samples)
 
 
 def log_abs_det_jacobian(encode_noise, xi):

@@ -109,6 +109,18 @@ def test_smoke_run_writes_the_workdir_contract(tmp_path, experiment, variant):
       assert paired[key] == 0.0, paired
     if experiment == "vae":
       assert_decoder_nll_refuses_bad_arguments(workdir, config, tmp_path)
+      code, _, err = launch([f"--workdir={workdir}"], experiment="density_check")
+      assert_one_line_error(code, err, "method 'vae'", "Stein VAE or VIWAE run")
+    else:  # is the encoder's change-of-variables density its codes' (experiments.density_check)
+      code, out, err = launch([f"--workdir={workdir}", "--num_examples=3", "--num_samples=64"],
+                              experiment="density_check")
+      assert code == 0, err[-3000:]
+      written = json.load(open(os.path.join(workdir, "density_check.json")))
+      assert json.loads(out.strip().splitlines()[-1]) == written
+      assert written["num_examples"] == 3 and written["steps"] == 20
+      assert 0.0 <= written["minority_sign_fraction"] <= 0.5
+      assert 0 <= written["images_with_both_signs"] <= 3
+      assert np.isfinite(written["log_ratio_mean"]) and written["log_ratio_standard_error"] >= 0
 
 
 def assert_decoder_nll_refuses_bad_arguments(workdir, config, tmp_path):
