@@ -572,7 +572,14 @@ def make_method(config, spec):
     return eta, opt_state, jnp.concatenate([first_loss[None], losses]), log_det
 
   def decoder_gradients(thetas, x, z, weights):
-    """Descent directions for theta: gradient of (4.1), or minus its SVGD direction (4.11)."""
+    """Descent directions for theta: gradient of (4.1), or minus its SVGD direction (4.11).
+
+    One decoder (M_theta = 1) is a maximum-likelihood point estimate: the gradient of
+    (4.1) carries no log p(theta), as the VAE baseline's does not (with N of order 5e4
+    the prior's pull, a weight decay of 1 / (N prior_std^2), is negligible). Several
+    decoders follow (4.11) with the Gaussian prior; under ``importance_weighted`` their
+    scores average the codes by the weights of (4.40) but the SVGD over the decoders
+    is the unweighted (4.11), as each decoder sample is one particle of q(theta)."""
     def neg_log_lik(theta):
       log_px = likelihoods.bernoulli_log_prob(x[:, None, :], decoder.apply(theta, z)).sum(-1)
       return -jnp.mean(jnp.sum(weights * log_px, axis=1))
