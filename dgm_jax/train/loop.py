@@ -164,12 +164,15 @@ def make_workdir(workdir):
 
 
 def default_workdir(method_name, dataset):
-  """``runs/<method>_<dataset>_<date>-<time>[-<pid>]``. The process id keeps runs started in
+  """``runs/<method>_<dataset>_<date>-<time>-<pid>``. The process id keeps runs started in
   the same second apart (a shell loop over seeds put them all in one folder, appending to one
-  ``metrics.jsonl``); a multi-process run leaves it out, since its processes must agree."""
-  name = f"{method_name}_{dataset}_{time.strftime('%Y%m%d-%H%M%S')}"
-  if jax.process_count() == 1:
-    name += f"-{os.getpid()}"
+  ``metrics.jsonl``). A multi-process run must name its workdir: each process would read its
+  own clock and id, and their checkpoints, written together, would go to different folders."""
+  if jax.process_count() > 1:
+    raise guards.ConfigError(f"a run of {jax.process_count()} processes needs --workdir (one "
+                             "folder all of them can reach): without it each process would "
+                             "name its own")
+  name = f"{method_name}_{dataset}_{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
   return os.path.join("runs", name)
 
 

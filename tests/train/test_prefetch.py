@@ -4,8 +4,9 @@
 import types
 
 import numpy as np
+import pytest
 
-from dgm_jax.train import loop
+from dgm_jax.train import guards, loop
 
 
 def _data(shape, dtype=np.float32):
@@ -31,3 +32,10 @@ def test_default_workdirs_of_runs_started_together_differ(monkeypatch):
     monkeypatch.setattr(loop.time, "strftime", lambda fmt: "20261206-120000")
     names.add(loop.default_workdir("vae", "mnist"))
   assert names == {f"runs/vae_mnist_20261206-120000-{pid}" for pid in (101, 102, 103)}
+
+
+def test_a_multi_process_run_without_a_workdir_is_one_error(monkeypatch):
+  """Each process would name its default folder by its own clock and process id."""
+  monkeypatch.setattr(loop.jax, "process_count", lambda: 2)
+  with pytest.raises(guards.ConfigError, match="a run of 2 processes needs --workdir"):
+    loop.default_workdir("vae", "mnist")
