@@ -67,7 +67,7 @@ def check(workdir, num_examples, num_samples, seed):
           "images_with_both_signs": int(np.sum(rows[:, 0] > 0)),
           "log_ratio_mean": float(rows[:, 1].mean()),
           "log_ratio_standard_error": float(rows[:, 1].std(ddof=1) / np.sqrt(len(rows)))
-          if len(rows) > 1 else float("nan"),
+          if len(rows) > 1 else None,
           "wall_s": time.time() - start}
 
 

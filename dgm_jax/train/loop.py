@@ -564,7 +564,9 @@ class BestState:
                       "again from the resumed step", self.path, stored["step"], directory,
                       held or "no state")
       stored, fresh = None, True
-    if fresh and writers.is_primary():  # a run from step 0 must not compare with old states
+    # A run from step 0 must not compare with old states, and a state without its record (a
+    # run killed before its first best.json) is an orphan that a later save would keep.
+    if (fresh or stored is None) and writers.is_primary():
       shutil.rmtree(directory, ignore_errors=True)
       if os.path.exists(self.path):
         os.remove(self.path)

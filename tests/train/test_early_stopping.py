@@ -111,6 +111,22 @@ def test_a_record_without_its_checkpoint_is_dropped(tmp_path):
   read.close()
 
 
+def test_a_state_without_any_record_is_dropped(tmp_path):
+  """Killed after saving its first best state and before best.json: the resumed run's own
+  state at that step is kept, not the orphan."""
+  best = loop.BestState(str(tmp_path), "nll_nats", lower_is_better=True)
+  assert best.update(_state(5), 5, {"nll_nats": 90.0})
+  best.close()
+  os.remove(tmp_path / "best.json")
+  again = loop.BestState(str(tmp_path), "nll_nats", lower_is_better=True)
+  assert again.record is None and again.update(_state(5, 3.0), 5, {"nll_nats": 91.0})
+  again.close()
+  read = loop.BestState(str(tmp_path), "nll_nats", True)
+  assert read.record == {"step": 5, "value": 91.0}
+  np.testing.assert_array_equal(read.restore(_state(5)).params["w"], 3.0)
+  read.close()
+
+
 def _state(step, w=1.0):
   return TrainState(step=jnp.asarray(step, jnp.int32), params={"w": jnp.full(3, w)},
                     opt_state={})
