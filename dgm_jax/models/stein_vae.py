@@ -260,11 +260,16 @@ def change_of_variables_log_q(encode_one, xi):
   Returns:
     (z [D], log q(z) scalar).
   """
+  z, log_q, _ = _change_of_variables(encode_one, xi)
+  return z, log_q
+
+
+def _change_of_variables(encode_one, xi):
+  """(z, log q(z), sign of det df/dxi) from one Jacobian."""
   z = encode_one(xi)
-  jacobian = jax.jacfwd(encode_one)(xi)
-  _, log_abs_det = jnp.linalg.slogdet(jacobian)
+  sign, log_abs_det = jnp.linalg.slogdet(jax.jacfwd(encode_one)(xi))
   log_q0 = jnp.sum(likelihoods.gaussian_log_prob(xi, 0.0, 0.0))
-  return z, log_q0 - log_abs_det
+  return z, log_q0 - log_abs_det, sign
 
 
 def density_check(encode_one, key, num_samples, latent_dim):
@@ -292,9 +297,7 @@ def density_check(encode_one, key, num_samples, latent_dim):
 
   def codes(k):
     xi = jax.random.normal(k, (num_samples, latent_dim))
-    z, log_q = jax.vmap(lambda e: change_of_variables_log_q(encode_one, e))(xi)
-    signs = jax.vmap(lambda e: jnp.linalg.slogdet(jax.jacfwd(encode_one)(e))[0])(xi)
-    return z, log_q, signs
+    return jax.vmap(lambda e: _change_of_variables(encode_one, e))(xi)
 
   fitted, _, _ = codes(fit_key)
   z, log_q, signs = codes(draw_key)
