@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import sys
 
 import hypothesis
 import hypothesis.extra.numpy as hnp
@@ -258,6 +259,43 @@ def test_loop_writes_sample_scores_to_results(tmp_path, monkeypatch):
       np.log(on_disk["classifier_score"]), rtol=1e-4, atol=1e-5)
   assert len(on_disk["sample_class_fractions"]) == 10
   np.testing.assert_allclose(sum(on_disk["sample_class_fractions"]), 1.0, rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_loop_resolves_a_plugin_once_before_training_and_scores_with_it(tmp_path, monkeypatch):
+  """A plug-in is built and tried before the first step (``_Trainer._check_plugin_classifier``)
+  and that same function scores the samples: its factory runs once, before any checkpoint."""
+  from dgm_jax.train import loop  # pylint: disable=import-outside-toplevel
+  calls = []
+
+  def counted(dataset_name):
+    calls.append(os.listdir(tmp_path / "run" / "checkpoints")
+                 if (tmp_path / "run" / "checkpoints").exists() else [])
+    return constant_classifier(dataset_name)
+
+  monkeypatch.setattr(sys.modules[__name__], "counted_plugin", counted, raising=False)
+  monkeypatch.setattr(loop._Trainer, "_resolve_classifier", _no_project_classifier(
+      loop._Trainer._resolve_classifier), raising=True)
+  from configs import mnist  # pylint: disable=import-outside-toplevel
+  config = mnist.get_config("smoke")
+  config.data.name = "digits"
+  config.train.update(num_steps=10, eval_every=10, ckpt_every=10, log_every=10,
+                      tensorboard=False)
+  config.eval.update(num_score_samples=40, classifier=f"{__name__}:counted_plugin")
+  results = loop.run(config, str(tmp_path / "run"), "vae")
+  assert calls == [[]]  # once, with no checkpoint written yet
+  assert results["classifier"] == f"{__name__}:counted_plugin"
+  labels = np.asarray(registry.load("digits").labels["test"])
+  assert results["classifier_accuracy"] == pytest.approx(np.mean(labels == 0), abs=1e-12)
+  np.testing.assert_allclose(results["sample_class_fractions"], [1.0, 0.0, 0.0])
+
+
+def _no_project_classifier(resolve):
+  """``_Trainer._resolve_classifier`` that fails if asked for the project's classifier."""
+  def wrapped(self):
+    assert self.config.eval.classifier, "resolved the project's classifier"
+    return resolve(self)
+  return wrapped
 
 
 @pytest.mark.slow

@@ -291,6 +291,7 @@ class _Trainer:
   def train_and_evaluate(self, method_name):
     config = self.config
     num_steps = config.train.num_steps
+    self._plugin_scorer = self._check_plugin_classifier()  # before any state or file
     state = self._restore_or_init()
     # Written once a resumed state has been restored into this config's shapes, so a
     # config that does not fit leaves the workdir's config.json as it was.
@@ -415,7 +416,9 @@ class _Trainer:
       logging.info("Early stopping: evaluating the state of step %d (valid %s=%.4f)", step,
                    self.best.metric, self.best.record["value"])
     eval_start = time.perf_counter()
-    scorer = self._resolve_classifier()  # before the long test NLL: a bad spec fails fast
+    # A plug-in was checked before training; the project's classifier is resolved (trained
+    # or read from its cache) here, before the long test NLL.
+    scorer = self._plugin_scorer or self._resolve_classifier()
     metrics = self._evaluate(params, step, "test", config.eval.num_importance_samples)
     metrics = {**self._sample_scores(params, step, scorer, metrics), **metrics}
     if self.method.encoder_mean is not None:  # over the test examples the NLL saw
@@ -448,6 +451,30 @@ class _Trainer:
       self.best.close()
     logging.info("Results in %s: %s", os.path.join(self.workdir, "results.json"), results)
     return results
+
+  def _check_plugin_classifier(self):
+    """A plug-in ``eval.classifier``, resolved and tried on two test images before training.
+
+    ``parse_spec`` (config_check) only imports the function; its factory and the function it
+    returns run here, so a plug-in that fails on this data set, or returns no probabilities,
+    stops the run with one ``ConfigError`` now rather than after the training. Returns the
+    ``(probs_fn, name)`` that the final evaluation uses, or None (no plug-in, or no score).
+    """
+    if not self.config.eval.get("classifier", ""):
+      return None
+    spec = self.config.eval.classifier
+    try:
+      scorer = self._resolve_classifier()
+      if scorer is not None:
+        scorer[0](self.data.splits["test"][:2])
+    except (guards.ConfigError, classifier.ClassifierSpecError) as error:
+      raise guards.ConfigError(str(error)) from None
+    except Exception as error:  # pylint: disable=broad-except
+      # The plug-in's own failure, in one line: a traceback would be the plug-in's.
+      raise guards.ConfigError(
+          f"eval.classifier={spec!r} failed on two {self.data.name} test images before "
+          f"training: {type(error).__name__}: {' '.join(str(error).split())}") from error
+    return scorer
 
   def _resolve_classifier(self):
     """``(probs_fn, name)`` of ``eval.classifier`` for labelled images, else None (also

@@ -272,6 +272,35 @@ def test_unimportable_classifier_plugin(tmp_path):
   assert not os.path.exists(tmp_path / "metrics.jsonl")
 
 
+_PLUGINS = """
+import numpy as np
+
+def fails_on_the_data_set(name):
+  raise KeyError(f"no weights for {name}")
+
+def wrong_shape(name):
+  return lambda images: np.full((len(images), 5, 2), 0.1)
+"""
+
+
+@pytest.mark.parametrize("function,needles", [
+    ("fails_on_the_data_set", ("failed on two mnist test images before training",
+                               "KeyError", "no weights for mnist")),
+    ("wrong_shape", ("returned shape (2, 5, 2) for 2 images",))])
+def test_classifier_plugin_that_imports_but_fails_stops_before_training(tmp_path, function,
+                                                                         needles):
+  """A plug-in that imports (config_check's test) but fails once called is tried on two test
+  images before training: one error line, no training row."""
+  (tmp_path / "my_plugins.py").write_text(_PLUGINS)
+  env = launcher_env(PYTHONPATH=os.pathsep.join([REPO, str(tmp_path)]))
+  workdir = tmp_path / "run"
+  code, _, err = launch(["--config=configs/mnist.py:smoke", f"--workdir={workdir}",
+                         f"--config.eval.classifier=my_plugins:{function}"], env=env)
+  assert_one_line_error(code, err, *needles)
+  assert not os.path.exists(workdir / "metrics.jsonl")
+  assert not os.path.exists(workdir / "checkpoints") or not os.listdir(workdir / "checkpoints")
+
+
 def test_truncated_data_file(tmp_path):
   data_dir = tmp_path / "data" / "mnist"
   data_dir.mkdir(parents=True)
