@@ -228,7 +228,8 @@ class _Trainer:
       # Before anything in the workdir changes (early stopping's record included).
       check_resumed_config(runs.read_config(workdir).to_dict(), config.to_dict(), workdir)
     self.best = (BestState(workdir, metric, config_check.EARLY_STOPPING_METRICS[metric],
-                           fresh=latest is None, resumed_step=latest)
+                           fresh=latest is None, resumed_step=latest,
+                           settings=validation_settings(config))
                  if metric else None)
 
   def _host_block(self, first_step, num_steps):
@@ -554,6 +555,20 @@ class _Trainer:
       images.save_grid(os.path.join(samples_dir, f"reconstructions_{step:08d}.png"), pairs, 8)
 
 
+# The config keys a validation value depends on beyond the state: how many draws its NLL
+# takes (a K-sample bound rises with K), which examples it averages over and how they are
+# binarized. A resumed run may change them (RESUME_MAY_CHANGE), but early stopping must then
+# not compare its values with the kept best's.
+VALIDATION_SETTINGS = ("eval.valid_importance_samples", "eval.max_valid_examples",
+                       "eval.binarization_seed")
+
+
+def validation_settings(config):
+  """``{key: value}`` of the ``VALIDATION_SETTINGS`` in ``config`` (absent keys left out)."""
+  flat = _flat(writers.as_json(config.to_dict()))
+  return {key: flat[key] for key in VALIDATION_SETTINGS if key in flat}
+
+
 class BestState:
   """Early stopping's memory: the state with the best validation ``metric`` so far.
 
@@ -565,8 +580,10 @@ class BestState:
   finds the same state; with a changed learning rate, its own).
   """
 
-  def __init__(self, workdir, metric, lower_is_better, fresh=False, resumed_step=None):
+  def __init__(self, workdir, metric, lower_is_better, fresh=False, resumed_step=None,
+               settings=None):
     self.metric, self.lower_is_better = metric, lower_is_better
+    self.settings = settings  # validation_settings(config); stored with the record
     self.path = os.path.join(workdir, "best.json")
     directory = os.path.join(workdir, "best")
     stored = None if fresh or not os.path.exists(self.path) else runs.read_json(self.path)
@@ -583,6 +600,17 @@ class BestState:
       raise guards.ConfigError(
           f"{workdir} kept its best state by {stored.get('metric')!r}: resume it with "
           f"train.early_stopping={stored.get('metric')!r}, or use a fresh workdir")
+    if stored is not None and settings is not None and "settings" in stored:
+      changed = sorted(key for key in set(stored["settings"]) | set(settings)
+                       if stored["settings"].get(key) != settings.get(key))
+      if changed:  # the new values would be compared with ones measured another way
+        raise guards.ConfigError(
+            f"{workdir} kept its best state by {metric} validated with "
+            + ", ".join(f"{key}={stored['settings'].get(key)!r}" for key in changed)
+            + " (now " + ", ".join(f"{settings.get(key)!r}" for key in changed) + "), and "
+            "values measured differently do not compare: resume it with those values, or "
+            f"delete {self.path} and {os.path.join(workdir, 'best')} to compare afresh from "
+            "the resumed step")
     held = _finished_steps(directory)
     if stored is not None and held[-1:] != [stored["step"]]:
       # The state is cleared with the record: saved again at its step, a state of the resumed
@@ -621,7 +649,8 @@ class BestState:
       return False
     self.checkpointer.save(state)
     self.record = {"step": int(step), "value": value}
-    writers.write_json(self.path, {"metric": self.metric, **self.record})
+    settings = {} if self.settings is None else {"settings": self.settings}
+    writers.write_json(self.path, {"metric": self.metric, **self.record, **settings})
     return True
 
   def restore(self, abstract_state):

@@ -49,7 +49,8 @@ def test_the_test_split_sees_the_state_of_the_selected_step(tmp_path, monkeypatc
                                        "valid_value": values[best_step]}
   assert results["steps"] == NUM_STEPS
   with open(os.path.join(stopped, "best.json")) as f:
-    assert json.load(f) == {"metric": metric, "step": best_step, "value": values[best_step]}
+    assert json.load(f) == {"metric": metric, "step": best_step, "value": values[best_step],
+                            "settings": loop.validation_settings(smoke_config())}
 
   short = str(tmp_path / "short")
   reference = loop.run(smoke_config(num_steps=best_step), short, method)
@@ -75,9 +76,35 @@ def test_a_resumed_run_goes_on_comparing_with_the_best_so_far(tmp_path, monkeypa
   assert best <= 10, values  # before the resume point, or the test shows nothing
   with open(os.path.join(straight, "best.json")) as f, open(
       os.path.join(resumed, "best.json")) as g:
-    assert json.load(f) == json.load(g) == {"metric": "nll_nats", "step": best,
-                                            "value": values[best]}
+    assert json.load(f) == json.load(g) == {
+        "metric": "nll_nats", "step": best, "value": values[best],
+        "settings": {"eval.valid_importance_samples": 8, "eval.max_valid_examples": 64,
+                     "eval.binarization_seed": 0}}
   assert results["early_stopping"]["step"] == best
+
+
+def test_a_resume_that_validates_differently_is_refused_before_it_changes_anything(tmp_path):
+  """A best value from K = 8 draws and a later one from K = 64 do not compare (the bound
+  rises with K), nor values over other examples: such a resume stops with one error, the
+  workdir as it was. Test-only evaluation keys may still change."""
+  workdir = str(tmp_path / "run")
+  loop.run(smoke_config(early_stopping="nll_nats", num_steps=10), workdir, "vae")
+  before = {name: open(os.path.join(workdir, name)).read()
+            for name in ("best.json", "metrics.jsonl", "config.json")}
+  for key, value, needle in (("valid_importance_samples", 64,
+                              "eval.valid_importance_samples=8 (now 64)"),
+                             ("max_valid_examples", 40, "eval.max_valid_examples=64 (now 40)")):
+    config = smoke_config(early_stopping="nll_nats")
+    config.eval[key] = value
+    with pytest.raises(guards.ConfigError, match="values measured differently") as info:
+      loop.run(config, workdir, "vae")
+    assert needle in str(info.value)
+    for name, text in before.items():
+      assert open(os.path.join(workdir, name)).read() == text, name
+  config = smoke_config(early_stopping="nll_nats")
+  config.eval.update(num_importance_samples=16, max_test_examples=50)  # the test split's
+  results = loop.run(config, workdir, "vae")
+  assert results["steps"] == NUM_STEPS and results["num_examples_evaluated"] == 50
 
 
 def test_a_run_from_step_zero_forgets_an_old_best_state(tmp_path):
