@@ -34,12 +34,19 @@ class MetricWriter:
   The TensorBoard event file opens at the first write, so that a resumed run's file
   (after ``truncate_after``) can tell TensorBoard to hide the older files' events past
   the resumed step, which the run writes again.
+
+  The splits in ``replaced_splits`` (the test split: each final evaluation writes it anew,
+  also at a step before the resumed one under early stopping, or again on a re-run of a
+  finished run) go to their own TensorBoard run, ``tensorboard/<split>``, whose new event
+  file hides all of its older events (a purge marker at step 0): TensorBoard shows the last
+  evaluation only, as ``metrics.jsonl`` does.
   """
 
-  def __init__(self, workdir, tensorboard=True):
+  def __init__(self, workdir, tensorboard=True, replaced_splits=("test",)):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb_dir = os.path.join(workdir, "tensorboard") if tensorboard else None
     self._tb, self._purge_step = None, None
+    self._replaced = {split: None for split in replaced_splits}  # split -> its own writer
     self._primary = is_primary()
 
   def write(self, step, split, metrics):
@@ -50,11 +57,19 @@ class MetricWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(record, allow_nan=False) + "\n")
     if self._tb_dir is not None:
-      if self._tb is None:
-        from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(self._tb_dir, purge_step=self._purge_step)
       for name, value in metrics.items():
-        self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+        self._tensorboard(split).add_scalar(f"{split}/{name}", float(value), int(step))
+
+  def _tensorboard(self, split):
+    """The TensorBoard writer of ``split``'s scalars, opened at its first use."""
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    if split in self._replaced:
+      if self._replaced[split] is None:
+        self._replaced[split] = SummaryWriter(os.path.join(self._tb_dir, split), purge_step=0)
+      return self._replaced[split]
+    if self._tb is None:
+      self._tb = SummaryWriter(self._tb_dir, purge_step=self._purge_step)
+    return self._tb
 
   def truncate_after(self, step, drop_splits=()):
     """Drops lines past ``step`` (a resumed run rewrites them identically) and every line
@@ -101,8 +116,9 @@ class MetricWriter:
     return records
 
   def close(self):
-    if self._tb is not None:
-      self._tb.close()
+    for writer in (self._tb, *self._replaced.values()):
+      if writer is not None:
+        writer.close()
 
 
 class ProgressLine:

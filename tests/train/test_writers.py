@@ -34,10 +34,13 @@ def _read_events(path):
 
 def _scalars_as_tensorboard_shows_them(tb_dir):
   """TensorBoard's reading of a run's event files: in name order (their start time), a
-  SessionLog START at step s hides every event read so far at step >= s."""
+  SessionLog START at step s hides every event read so far at step >= s. A sub-folder is
+  another run, not read here."""
   from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
   shown = []  # (tag, step, value)
   for name in sorted(os.listdir(tb_dir)):
+    if os.path.isdir(os.path.join(tb_dir, name)):  # a run of its own
+      continue
     for event in _read_events(os.path.join(tb_dir, name)):
       if event.session_log.status == event_pb2.SessionLog.START:
         shown = [row for row in shown if row[1] < event.step]
@@ -66,6 +69,29 @@ def test_a_resumed_writer_hides_the_tensorboard_events_it_writes_again(tmp_path)
   assert _scalars_as_tensorboard_shows_them(str(tmp_path / "tensorboard")) == expected
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [("train/loss", r["step"], r["loss"]) for r in rows] == expected
+
+
+def test_the_test_split_is_a_tensorboard_run_that_shows_the_last_evaluation_only(tmp_path):
+  """A finished run re-run (or resumed under early stopping) writes its test row again, at
+  the same or another step: TensorBoard shows that row once, as metrics.jsonl does, and the
+  training rows stay where they were."""
+  first = writers.MetricWriter(str(tmp_path))
+  first.truncate_after(0)
+  for step in (1, 2):
+    first.write(step, "train", {"loss": float(step)})
+  first.write(2, "test", {"nll_nats": 90.0})
+  first.close()
+  time.sleep(1.1)  # event files are named by their start second
+  again = writers.MetricWriter(str(tmp_path))
+  again.truncate_after(2, drop_splits=("test",))
+  again.write(1, "test", {"nll_nats": 91.0})  # e.g. the best validated state of step 1
+  again.close()
+  tb = tmp_path / "tensorboard"
+  assert _scalars_as_tensorboard_shows_them(str(tb / "test")) == [("test/nll_nats", 1, 91.0)]
+  assert len(os.listdir(tb / "test")) == 2  # the first evaluation's file is hidden, not gone
+  assert _scalars_as_tensorboard_shows_them(str(tb)) == [("train/loss", 1, 1.0), ("train/loss", 2, 2.0)]
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [(r["split"], r["step"]) for r in rows] == [("train", 1), ("train", 2), ("test", 1)]
 
 
 def test_only_process_zero_writes_files(tmp_path, monkeypatch):
