@@ -929,6 +929,114 @@ def test_semi_supervised_viwae_weights_see_the_label_term_written_out():
                              -jnp.sum(weights * label_term) / (2 * zeta), rtol=1e-4)
 
 
+@pytest.mark.parametrize("importance_weighted,grad_particles", [(False, 0), (False, 2),
+                                                                (True, 0)])
+def test_semi_supervised_step_equals_the_algorithm_written_out(importance_weighted,
+                                                               grad_particles):
+  """The semi-supervised step (4.4) against a plain composition: the labeled codes move by
+  the scores of log p(x, z) + zeta log p(y | z) (4.54); the encoder is fitted to the moved
+  codes (4.13); theta ascends (4.1) over the first m particles (or the VIWAE's weights);
+  theta~ ascends the (weighted) label log-likelihood; and the loss and ``label_nll``
+  metrics. Adam's eps >> |g| makes each update lr g / eps, so the gradients are compared."""
+  config = mnist.get_config("smoke,semi")
+  section = config.stein_vae
+  section.update(num_particles=4, decoder_grad_particles=grad_particles, svgd_step_size=0.05,
+                 learning_rate=1e2, adam_eps=1e4, importance_weighted=importance_weighted)
+  data = registry.load("digits")
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
+                  num_classes=10)
+  method = stein_vae.make_method(config, spec)
+  batch = {"x": data.splits["train"][:6], "x_labeled": data.splits["train"][6:8],
+           "label_labeled": data.labels["train"][6:8]}
+  state = method.init(jax.random.PRNGKey(0), batch)
+  key = jax.random.PRNGKey(1)
+  new_state, metrics = jax.jit(method.train_step)(state, batch, key)
+
+  encoder, decoder = stein_vae.make_nets(section, spec)
+  label_decoder = stein_vae.semi_supervised.LabelDecoder(10)
+  binarize_key, noise_key = jax.random.split(key)
+  x = jnp.concatenate([
+      transforms.dynamic_binarize(binarize_key, batch["x"].reshape(6, -1)),
+      transforms.dynamic_binarize(jax.random.fold_in(binarize_key, 1),
+                                  batch["x_labeled"].reshape(2, -1))])
+  xi = jax.random.normal(noise_key, (4, section.latent_dim))
+  eta, theta = state.params["encoder"], state.params["decoder"]
+  theta_tilde = state.params["label_decoder"]
+  zeta = x.shape[1] / (10 * 2 / 8)  # N_X / (C rho), rho = 2 labeled of 8
+  labels = np.concatenate([np.zeros(6, np.int32), batch["label_labeled"]]).astype(np.int32)
+  labeled = jnp.asarray([0.0] * 6 + [1.0] * 2)
+
+  def log_joint(t, z):  # [B, M]
+    logits = decoder.apply(t, z)
+    return (jnp.sum(x[:, None] * logits - jax.nn.softplus(logits), -1)
+            - 0.5 * jnp.sum(z**2, -1) - 0.5 * z.shape[-1] * np.log(2 * np.pi))
+
+  def label_term(t, z):  # zeta log p(y | z) on labeled rows, 0 on the others: [B, M]
+    log_p_y = jnp.take_along_axis(jax.nn.log_softmax(label_decoder.apply(t, z)),
+                                  jnp.asarray(labels)[:, None, None], -1)[..., 0]
+    return zeta * labeled[:, None] * log_p_y
+
+  z = encoder.apply(eta, x[:, None], xi[None])  # [8, 4, D]
+  target = lambda c: log_joint(theta, c) + label_term(theta_tilde, c)  # (4.54)
+  scores = jax.grad(lambda c: jnp.sum(target(c)))(z)
+  if importance_weighted:  # (4.40) with the tempered joint, q by the change of variables
+    jacobians = jax.vmap(lambda x_n: jax.vmap(lambda xi_j: jax.jacfwd(
+        lambda n: encoder.apply(eta, x_n, n))(xi_j))(xi))(x)
+    log_q = (jnp.sum(-0.5 * xi**2 - 0.5 * np.log(2 * np.pi), -1)[None]
+             - jnp.linalg.slogdet(jacobians)[1])
+    weights = jax.nn.softmax(target(z) - log_q, axis=1)
+  else:
+    weights = jnp.full((8, 4), 0.25)
+
+  def direction(particles, particle_scores, w):  # (4.12)/(4.42), RBF
+    h = kernels.median_bandwidth(particles, section.bandwidth_convention)
+    differences = particles[:, None] - particles[None]
+    gram = w * jnp.exp(-jnp.sum(differences**2, -1) / h)
+    return gram @ particle_scores + (2.0 / h) * jnp.sum(gram[..., None] * differences, 1)
+  moved = z + section.svgd_step_size * jax.vmap(direction)(z, scores, weights)
+  np.testing.assert_allclose(metrics["particle_move"],
+                             jnp.mean(jnp.linalg.norm(moved - z, axis=-1)), rtol=1e-5)
+  without_labels = z + section.svgd_step_size * jax.vmap(direction)(
+      z, jax.grad(lambda c: jnp.sum(log_joint(theta, c)))(z), weights)
+  assert float(jnp.max(jnp.abs(moved - without_labels)[6:])) > 1e-4  # the labels move them
+  np.testing.assert_allclose(moved[:6], without_labels[:6], rtol=1e-5, atol=1e-7)
+
+  m = grad_particles or 4
+  if importance_weighted:
+    loss = -jnp.mean(jnp.sum(weights * target(z), axis=1))
+    neg_log_lik = lambda t: -jnp.mean(jnp.sum(weights * log_joint(t, z), axis=1))
+  else:
+    loss = -jnp.mean((log_joint(theta, z) + label_term(theta_tilde, z))[:, :m])
+    neg_log_lik = lambda t: -jnp.mean(log_joint(t, z[:, :m]))
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics["label_nll"],
+                             -jnp.sum(weights * label_term(theta_tilde, z)) / (2 * zeta),
+                             rtol=1e-5)
+
+  steps_per_epoch = spec.num_train // config.data.batch_size
+  enc_opt = make_optimizer(section, config.train.num_steps, steps_per_epoch)
+  fit = lambda e: 0.5 * jnp.mean(jnp.sum((encoder.apply(e, x[:, None], xi[None]) - moved)**2,
+                                         axis=(1, 2)))
+  np.testing.assert_allclose(metrics["encoder_fit"], fit(eta), rtol=1e-4)
+  updates, _ = enc_opt.update(jax.grad(fit)(eta), state.opt_state["encoder"], eta)
+  want = {"encoder": optax.apply_updates(eta, updates)}
+  dec_opt = make_optimizer(section, config.train.num_steps, steps_per_epoch)
+  updates, _ = dec_opt.update(jax.grad(neg_log_lik)(theta), state.opt_state["decoder"], theta)
+  want["decoder"] = optax.apply_updates(theta, updates)
+  label_loss = lambda t: -jnp.sum(weights * label_term(t, z)) / 8
+  updates, _ = dec_opt.update(jax.grad(label_loss)(theta_tilde),
+                              state.opt_state["label_decoder"], theta_tilde)
+  want["label_decoder"] = optax.apply_updates(theta_tilde, updates)
+  for name, wanted in want.items():  # the updates, old params removed
+    old = state.params[name]
+    got = jax.tree_util.tree_map(jnp.subtract, new_state.params[name], old)
+    wanted = jax.tree_util.tree_map(jnp.subtract, wanted, old)
+    scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree_util.tree_leaves(wanted))
+    assert scale > 1e-4, f"the {name} did not move"
+    jax.tree_util.tree_map(
+        lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-5 * scale), got, wanted)
+
+
 def test_the_preconditioner_averages_the_precision_over_decoder_samples():
   """With M_theta = 2 decoder samples the Gauss-Newton precision Q at each example's mean
   particle is the mean of the two decoders' (4.12 averages their scores alike); the kernel's
