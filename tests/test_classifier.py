@@ -103,10 +103,14 @@ def test_rmse_rejects_different_shapes():
 
 # ----------------------------------------------------------------------------- plug-ins
 
+CONSTANT_ROW = np.array([0.7, 0.2, 0.1] + [0.0] * 7)
+FLOAT32_ROW = np.float32([0.7004, 0.2, 0.1] + [0.0] * 7)
+
+
 def constant_classifier(dataset_name):
-  """A plug-in: every image is class 0 with probability 0.7 of 3 classes."""
+  """A plug-in: every image is class 0 with probability 0.7 of the digits' 10 classes."""
   assert dataset_name == "digits"
-  return lambda images: np.tile([0.7, 0.2, 0.1], (len(images), 1))
+  return lambda images: np.tile(CONSTANT_ROW, (len(images), 1))
 
 
 def not_a_classifier(dataset_name):
@@ -117,12 +121,18 @@ def not_a_classifier(dataset_name):
 def float32_classifier(dataset_name):
   """A plug-in whose float32 rows sum to 1 within 1e-3 only."""
   del dataset_name
-  return lambda images: np.tile(np.float32([0.7004, 0.2, 0.1]), (len(images), 1))
+  return lambda images: np.tile(FLOAT32_ROW, (len(images), 1))
 
 
 def bad_probabilities(dataset_name):
   del dataset_name
-  return lambda images: np.ones((len(images), 3))
+  return lambda images: np.ones((len(images), 10))
+
+
+def three_classes(dataset_name):
+  """Probabilities over 3 classes for a data set of 10: its argmax would name wrong classes."""
+  del dataset_name
+  return lambda images: np.tile([0.7, 0.2, 0.1], (len(images), 1))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +145,7 @@ def test_plugin_spec_resolves_to_the_named_function(digits):
                                                  num_steps=1)
   assert name == f"{__name__}:constant_classifier"
   probs = probs_fn(digits.splits["test"][:5])
-  np.testing.assert_allclose(probs, np.tile([0.7, 0.2, 0.1], (5, 1)))
+  np.testing.assert_allclose(probs, np.tile(CONSTANT_ROW, (5, 1)))
   assert classifier.parse_spec(f" {__name__} : constant_classifier ") is constant_classifier
 
 
@@ -161,8 +171,14 @@ def test_plugin_rows_within_the_tolerance_are_renormalized(digits):
                                               num_steps=1)
   probs = probs_fn(digits.splits["test"][:4])
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-15)
-  np.testing.assert_allclose(probs[0], np.float32([0.7004, 0.2, 0.1]) / np.float32(1.0004),
+  np.testing.assert_allclose(probs[0], FLOAT32_ROW / np.float32(1.0004),
                              rtol=1e-6)
+
+
+def test_plugin_with_another_number_of_classes_is_reported(digits):
+  probs_fn, _ = classifier.resolve_classifier(f"{__name__}:three_classes", digits, num_steps=1)
+  with pytest.raises(classifier.ClassifierSpecError, match="3 classes for digits, which has 10"):
+    probs_fn(digits.splits["test"][:4])
 
 
 def test_plugin_output_that_is_not_probabilities_is_reported(digits):
@@ -287,7 +303,7 @@ def test_loop_resolves_a_plugin_once_before_training_and_scores_with_it(tmp_path
   assert results["classifier"] == f"{__name__}:counted_plugin"
   labels = np.asarray(registry.load("digits").labels["test"])
   assert results["classifier_accuracy"] == pytest.approx(np.mean(labels == 0), abs=1e-12)
-  np.testing.assert_allclose(results["sample_class_fractions"], [1.0, 0.0, 0.0])
+  np.testing.assert_allclose(results["sample_class_fractions"], [1.0] + [0.0] * 9)
 
 
 def _no_project_classifier(resolve):

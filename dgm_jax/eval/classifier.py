@@ -354,8 +354,8 @@ def resolve_classifier(spec, data, *, num_steps, batch_size=DEFAULT_BATCH_SIZE, 
 
   Returns:
     ``probs_fn(images) -> [N, C]`` numpy probabilities (a plug-in's output is
-    checked: finite, non-negative, rows summing to 1) and a string naming the
-    classifier (``'project:<cache name>'`` or the spec).
+    checked: one column per class of ``data``, finite, non-negative, rows summing to
+    1) and a string naming the classifier (``'project:<cache name>'`` or the spec).
 
   Raises:
     ClassifierSpecError: (a ValueError) a bad spec or a plug-in that does not
@@ -369,11 +369,18 @@ def resolve_classifier(spec, data, *, num_steps, batch_size=DEFAULT_BATCH_SIZE, 
     raise ClassifierSpecError(f"eval.classifier={spec!r}: {spec}({data.name!r}) returned "
                               f"{type(probs_fn).__name__}, not a function images -> probabilities")
 
+  num_classes = int(max(np.max(labels) for labels in data.labels.values()
+                        if labels is not None)) + 1
+
   def checked(images):
     probs = np.asarray(probs_fn(images), np.float64)
     if probs.ndim != 2 or probs.shape[0] != len(images):
       raise ClassifierSpecError(f"eval.classifier={spec!r} returned shape {probs.shape} for "
                                 f"{len(images)} images; expected [N, num_classes]")
+    if probs.shape[1] != num_classes:  # column c must be the data set's class c
+      raise ClassifierSpecError(f"eval.classifier={spec!r} returned probabilities of "
+                                f"{probs.shape[1]} classes for {data.name}, which has "
+                                f"{num_classes}")
     if not (np.all(np.isfinite(probs)) and np.all(probs >= 0)
             and np.allclose(probs.sum(-1), 1.0, atol=1e-3)):
       raise ClassifierSpecError(f"eval.classifier={spec!r} returned rows that are not "

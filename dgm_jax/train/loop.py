@@ -20,6 +20,7 @@ those of that state; ``results.json`` records which (``early_stopping``).
 import os
 import shutil
 import time
+import traceback
 
 import jax
 import numpy as np
@@ -229,7 +230,8 @@ class _Trainer:
       check_resumed_config(runs.read_config(workdir).to_dict(), config.to_dict(), workdir)
     self.best = (BestState(workdir, metric, config_check.EARLY_STOPPING_METRICS[metric],
                            fresh=latest is None, resumed_step=latest,
-                           settings=validation_settings(config))
+                           settings=validation_settings(config, metric,
+                                                        data.num_examples["valid"]))
                  if metric else None)
 
   def _host_block(self, first_step, num_steps):
@@ -292,7 +294,7 @@ class _Trainer:
   def train_and_evaluate(self, method_name):
     config = self.config
     num_steps = config.train.num_steps
-    self._plugin_scorer = self._check_plugin_classifier()  # before any state or file
+    self._plugin_scorer = self._check_plugin_classifier()  # before the state or any checkpoint
     state = self._restore_or_init()
     # Written once a resumed state has been restored into this config's shapes, so a
     # config that does not fit leaves the workdir's config.json as it was.
@@ -470,11 +472,16 @@ class _Trainer:
         scorer[0](self.data.splits["test"][:2])
     except (guards.ConfigError, classifier.ClassifierSpecError) as error:
       raise guards.ConfigError(str(error)) from None
+    except MemoryError:
+      raise
     except Exception as error:  # pylint: disable=broad-except
-      # The plug-in's own failure, in one line: a traceback would be the plug-in's.
+      # The plug-in's own failure in one line, with where it was raised (the launcher
+      # prints a ConfigError's message alone).
+      where = traceback.extract_tb(error.__traceback__)[-1]
       raise guards.ConfigError(
           f"eval.classifier={spec!r} failed on two {self.data.name} test images before "
-          f"training: {type(error).__name__}: {' '.join(str(error).split())}") from error
+          f"training: {type(error).__name__}: {' '.join(str(error).split())} (raised at "
+          f"{where.filename}:{where.lineno})") from error
     return scorer
 
   def _resolve_classifier(self):
@@ -555,18 +562,20 @@ class _Trainer:
       images.save_grid(os.path.join(samples_dir, f"reconstructions_{step:08d}.png"), pairs, 8)
 
 
-# The config keys a validation value depends on beyond the state: how many draws its NLL
-# takes (a K-sample bound rises with K), which examples it averages over and how they are
-# binarized. A resumed run may change them (RESUME_MAY_CHANGE), but early stopping must then
-# not compare its values with the kept best's.
-VALIDATION_SETTINGS = ("eval.valid_importance_samples", "eval.max_valid_examples",
-                       "eval.binarization_seed")
-
-
-def validation_settings(config):
-  """``{key: value}`` of the ``VALIDATION_SETTINGS`` in ``config`` (absent keys left out)."""
-  flat = _flat(writers.as_json(config.to_dict()))
-  return {key: flat[key] for key in VALIDATION_SETTINGS if key in flat}
+def validation_settings(config, metric, num_valid_examples):
+  """What an early-stopping ``metric``'s validation value depends on beyond the state:
+  ``valid_examples``, how many examples it averages over (the first
+  ``eval.max_valid_examples`` of the split's ``num_valid_examples``, 0 meaning all),
+  ``eval.binarization_seed`` (how they are binarized) and, for ``nll_nats`` only,
+  ``eval.valid_importance_samples`` (a K-sample bound rises with K). A resumed run may change
+  the ``eval`` section (``RESUME_MAY_CHANGE``), but early stopping must not then compare its
+  values with the kept best's."""
+  limit = config.eval.get("max_valid_examples", 0)
+  settings = {"valid_examples": min(limit, num_valid_examples) if limit else num_valid_examples,
+              "eval.binarization_seed": config.eval.get("binarization_seed", 0)}
+  if metric == "nll_nats":
+    settings["eval.valid_importance_samples"] = config.eval.valid_importance_samples
+  return settings
 
 
 class BestState:
@@ -600,6 +609,17 @@ class BestState:
       raise guards.ConfigError(
           f"{workdir} kept its best state by {stored.get('metric')!r}: resume it with "
           f"train.early_stopping={stored.get('metric')!r}, or use a fresh workdir")
+    held = _finished_steps(directory)
+    if stored is not None and held[-1:] != [stored["step"]]:
+      # The state is cleared with the record: saved again at its step, a state of the resumed
+      # run would otherwise leave the old one in place (orbax keeps an existing step).
+      logging.warning("%s names step %s, %s holds %s: early stopping starts comparing "
+                      "again from the resumed step", self.path, stored["step"], directory,
+                      held or "no state")
+      stored, fresh = None, True
+    if stored is not None and settings is not None and "settings" not in stored:
+      logging.warning("%s (written before the validation settings were recorded) is compared "
+                      "as if validated with this run's settings %s", self.path, settings)
     if stored is not None and settings is not None and "settings" in stored:
       changed = sorted(key for key in set(stored["settings"]) | set(settings)
                        if stored["settings"].get(key) != settings.get(key))
@@ -611,14 +631,6 @@ class BestState:
             "values measured differently do not compare: resume it with those values, or "
             f"delete {self.path} and {os.path.join(workdir, 'best')} to compare afresh from "
             "the resumed step")
-    held = _finished_steps(directory)
-    if stored is not None and held[-1:] != [stored["step"]]:
-      # The state is cleared with the record: saved again at its step, a state of the resumed
-      # run would otherwise leave the old one in place (orbax keeps an existing step).
-      logging.warning("%s names step %s, %s holds %s: early stopping starts comparing "
-                      "again from the resumed step", self.path, stored["step"], directory,
-                      held or "no state")
-      stored, fresh = None, True
     # A run from step 0 must not compare with old states, and a state without its record (a
     # run killed before its first best.json) is an orphan that a later save would keep.
     if (fresh or stored is None) and writers.is_primary():

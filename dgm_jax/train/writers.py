@@ -37,9 +37,9 @@ class MetricWriter:
 
   The splits in ``replaced_splits`` (the test split: each final evaluation writes it anew,
   also at a step before the resumed one under early stopping, or again on a re-run of a
-  finished run) go to their own TensorBoard run, ``tensorboard/<split>``, whose new event
-  file hides all of its older events (a purge marker at step 0): TensorBoard shows the last
-  evaluation only, as ``metrics.jsonl`` does.
+  finished run) go to their own TensorBoard run, ``tensorboard/<split>``, whose older event
+  files are removed when the next evaluation writes (its file also carries a purge marker at
+  step 0): TensorBoard shows the last evaluation only, as ``metrics.jsonl`` does.
   """
 
   def __init__(self, workdir, tensorboard=True, replaced_splits=("test",)):
@@ -65,7 +65,14 @@ class MetricWriter:
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     if split in self._replaced:
       if self._replaced[split] is None:
-        self._replaced[split] = SummaryWriter(os.path.join(self._tb_dir, split), purge_step=0)
+        directory = os.path.join(self._tb_dir, split)
+        # The older evaluations' files go (the purge marker alone would hide them, where a
+        # TensorBoard reads it).
+        if os.path.isdir(directory):
+          for name in os.listdir(directory):
+            if os.path.isfile(os.path.join(directory, name)):
+              os.remove(os.path.join(directory, name))
+        self._replaced[split] = SummaryWriter(directory, purge_step=0)
       return self._replaced[split]
     if self._tb is None:
       self._tb = SummaryWriter(self._tb_dir, purge_step=self._purge_step)

@@ -50,7 +50,10 @@ def test_the_test_split_sees_the_state_of_the_selected_step(tmp_path, monkeypatc
   assert results["steps"] == NUM_STEPS
   with open(os.path.join(stopped, "best.json")) as f:
     assert json.load(f) == {"metric": metric, "step": best_step, "value": values[best_step],
-                            "settings": loop.validation_settings(smoke_config())}
+                            "settings": dict(
+                                valid_examples=64, **{"eval.binarization_seed": 0},
+                                **({"eval.valid_importance_samples": 8}
+                                   if metric == "nll_nats" else {}))}
 
   short = str(tmp_path / "short")
   reference = loop.run(smoke_config(num_steps=best_step), short, method)
@@ -78,7 +81,7 @@ def test_a_resumed_run_goes_on_comparing_with_the_best_so_far(tmp_path, monkeypa
       os.path.join(resumed, "best.json")) as g:
     assert json.load(f) == json.load(g) == {
         "metric": "nll_nats", "step": best, "value": values[best],
-        "settings": {"eval.valid_importance_samples": 8, "eval.max_valid_examples": 64,
+        "settings": {"eval.valid_importance_samples": 8, "valid_examples": 64,
                      "eval.binarization_seed": 0}}
   assert results["early_stopping"]["step"] == best
 
@@ -93,7 +96,7 @@ def test_a_resume_that_validates_differently_is_refused_before_it_changes_anythi
             for name in ("best.json", "metrics.jsonl", "config.json")}
   for key, value, needle in (("valid_importance_samples", 64,
                               "eval.valid_importance_samples=8 (now 64)"),
-                             ("max_valid_examples", 40, "eval.max_valid_examples=64 (now 40)")):
+                             ("max_valid_examples", 40, "valid_examples=64 (now 40)")):
     config = smoke_config(early_stopping="nll_nats")
     config.eval[key] = value
     with pytest.raises(guards.ConfigError, match="values measured differently") as info:
@@ -105,6 +108,44 @@ def test_a_resume_that_validates_differently_is_refused_before_it_changes_anythi
   config.eval.update(num_importance_samples=16, max_test_examples=50)  # the test split's
   results = loop.run(config, workdir, "vae")
   assert results["steps"] == NUM_STEPS and results["num_examples_evaluated"] == 50
+
+
+def test_validation_settings_are_those_the_metric_depends_on():
+  """K only for the NLL (the ELBO and the error rate do not draw K samples); the number of
+  examples evaluated, not the limit (a limit past the split's size evaluates all of it)."""
+  config = smoke_config()
+  config.eval.update(max_valid_examples=300, valid_importance_samples=8)
+  nll = loop.validation_settings(config, "nll_nats", 250)
+  assert nll == {"valid_examples": 250, "eval.binarization_seed": 0,
+                 "eval.valid_importance_samples": 8}
+  config.eval.max_valid_examples = 0  # all of them: the same examples
+  assert loop.validation_settings(config, "nll_nats", 250) == nll
+  for metric in ("elbo_nats", "error_rate"):
+    assert loop.validation_settings(config, metric, 250) == {"valid_examples": 250,
+                                                             "eval.binarization_seed": 0}
+  config.eval.max_valid_examples = 64
+  assert loop.validation_settings(config, "elbo_nats", 250)["valid_examples"] == 64
+
+
+def test_a_record_that_does_not_match_its_state_is_dropped_before_its_settings_are_checked(
+    tmp_path):
+  """best.json naming a step best/ does not hold is cleared anyway: a change of validation
+  settings is then no reason to stop."""
+  best = loop.BestState(str(tmp_path), "nll_nats", True, settings={"valid_examples": 64})
+  assert best.update(_state(5), 5, {"nll_nats": 90.0})
+  best.close()
+  with open(tmp_path / "best.json", "w") as f:
+    json.dump({"metric": "nll_nats", "step": 4, "value": 95.0,
+               "settings": {"valid_examples": 64}}, f)
+  again = loop.BestState(str(tmp_path), "nll_nats", True, settings={"valid_examples": 40})
+  assert again.record is None
+  assert again.update(_state(5), 5, {"nll_nats": 91.0})  # a consistent record, settings 40
+  again.close()
+  kept = loop.BestState(str(tmp_path), "nll_nats", True, settings={"valid_examples": 40})
+  assert kept.record == {"step": 5, "value": 91.0}
+  kept.close()
+  with pytest.raises(guards.ConfigError, match=r"valid_examples=40 \(now 64\)"):
+    loop.BestState(str(tmp_path), "nll_nats", True, settings={"valid_examples": 64})
 
 
 def test_a_run_from_step_zero_forgets_an_old_best_state(tmp_path):

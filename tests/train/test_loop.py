@@ -285,7 +285,7 @@ def wrong_shape(name):
 
 @pytest.mark.parametrize("function,needles", [
     ("fails_on_the_data_set", ("failed on two mnist test images before training",
-                               "KeyError", "no weights for mnist")),
+                               "KeyError", "no weights for mnist", "my_plugins.py:5)")),
     ("wrong_shape", ("returned shape (2, 5, 2) for 2 images",))])
 def test_classifier_plugin_that_imports_but_fails_stops_before_training(tmp_path, function,
                                                                          needles):
