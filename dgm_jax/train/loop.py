@@ -586,7 +586,9 @@ class BestState:
   where the comparison stood. If the two disagree (a run killed between the
   writes), the record and the state are dropped: the loop checkpoints only after
   validating, so the resumed run validates that step again (with the same settings it
-  finds the same state; with a changed learning rate, its own).
+  finds the same state; with a changed learning rate, its own). ``best.json`` also records
+  the ``settings`` the value was measured with (``validation_settings``); a resumed run
+  whose settings differ is refused, since its values would not compare.
   """
 
   def __init__(self, workdir, metric, lower_is_better, fresh=False, resumed_step=None,
