@@ -157,6 +157,39 @@ def step_codes(section, spec, batch, state, key):
   return decoder, x, encoder.apply(state.params["encoder"], x[:, None], xi[None])
 
 
+def written_out_log_q(encoder, eta, x, xi):
+  """``log q(z | x) = log q0(xi) - log|det df/dxi|`` [B, M] of the codes ``f_eta(x_n, xi_j)``,
+  each from its own Jacobian (``jacfwd`` per code; the model takes blocks of the batch's)."""
+  jacobians = jax.vmap(lambda x_n: jax.vmap(lambda xi_j: jax.jacfwd(
+      lambda n: encoder.apply(eta, x_n, n))(xi_j))(xi))(x)
+  return (jnp.sum(scipy.stats.norm.logpdf(np.asarray(xi)), -1)[None]
+          - jnp.linalg.slogdet(jacobians)[1])
+
+
+def semi_digits_step(config):
+  """One jitted semi-supervised train step of ``config``'s method from its initial state on
+  6 unlabeled and 2 labeled digits, key ``PRNGKey(1)``, with its inputs written out:
+  ``(spec, batch, state, new_state, metrics, x, xi)``, x the binarized images [8, P]
+  (unlabeled rows first, as in ``semi_supervised.merged_batch``) and xi the shared noise."""
+  data = registry.load("digits")
+  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
+                  num_classes=10)
+  method = stein_vae.make_method(config, spec)
+  batch = {"x": data.splits["train"][:6], "x_labeled": data.splits["train"][6:8],
+           "label_labeled": data.labels["train"][6:8]}
+  state = method.init(jax.random.PRNGKey(0), batch)
+  key = jax.random.PRNGKey(1)
+  new_state, metrics = jax.jit(method.train_step)(state, batch, key)
+  binarize_key, noise_key = jax.random.split(key)
+  x = jnp.concatenate([
+      transforms.dynamic_binarize(binarize_key, batch["x"].reshape(6, -1)),
+      transforms.dynamic_binarize(jax.random.fold_in(binarize_key, 1),
+                                  batch["x_labeled"].reshape(2, -1))])
+  xi = jax.random.normal(noise_key, (config.stein_vae.num_particles,
+                                     config.stein_vae.latent_dim))
+  return spec, batch, state, new_state, metrics, x, xi
+
+
 def test_viwae_step_reports_the_effective_sample_size_of_its_weights_written_out():
   """The VIWAE step's ``effective_sample_size`` is Kish's ESS of the weights (4.40)
   p(x, z) / q(z | x), written out here from each code's own Jacobian (was: a check that it
@@ -173,10 +206,7 @@ def test_viwae_step_reports_the_effective_sample_size_of_its_weights_written_out
   logits = decoder.apply(state.params["decoder"], z)
   log_joint = (jnp.sum(x[:, None] * logits - jax.nn.softplus(logits), -1)
                + jnp.sum(scipy.stats.norm.logpdf(np.asarray(z)), -1))
-  jacobians = jax.vmap(lambda x_n: jax.vmap(lambda xi_j: jax.jacfwd(
-      lambda n: encoder.apply(eta, x_n, n))(xi_j))(xi))(x)
-  log_q = (jnp.sum(scipy.stats.norm.logpdf(np.asarray(xi)), -1)[None]
-           - jnp.linalg.slogdet(jacobians)[1])
+  log_q = written_out_log_q(encoder, eta, x, xi)
   weights = jax.nn.softmax(log_joint - log_q, axis=1)
   ess = jnp.mean(1.0 / jnp.sum(weights**2, axis=1))
   assert 1.05 < float(ess) < section.num_particles - 0.05, ess  # neither extreme
@@ -889,24 +919,9 @@ def test_semi_supervised_viwae_weights_see_the_label_term_written_out():
   config = mnist.get_config("smoke,semi,viwae")
   section = config.stein_vae
   section.update(num_particles=4)
-  data = registry.load("digits")
-  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
-                  num_classes=10)
-  method = stein_vae.make_method(config, spec)
-  batch = {"x": data.splits["train"][:6], "x_labeled": data.splits["train"][6:8],
-           "label_labeled": data.labels["train"][6:8]}
-  state = method.init(jax.random.PRNGKey(0), batch)
-  key = jax.random.PRNGKey(1)
-  _, metrics = jax.jit(method.train_step)(state, batch, key)
-
+  spec, batch, state, _, metrics, x, xi = semi_digits_step(config)
   encoder, decoder = stein_vae.make_nets(section, spec)
   label_decoder = stein_vae.semi_supervised.LabelDecoder(10)
-  binarize_key, noise_key = jax.random.split(key)
-  x = jnp.concatenate([
-      transforms.dynamic_binarize(binarize_key, batch["x"].reshape(6, -1)),
-      transforms.dynamic_binarize(jax.random.fold_in(binarize_key, 1),
-                                  batch["x_labeled"].reshape(2, -1))])
-  xi = jax.random.normal(noise_key, (4, section.latent_dim))
   eta, theta = state.params["encoder"], state.params["decoder"]
   z = encoder.apply(eta, x[:, None], xi[None])  # [8, 4, D]
   logits = decoder.apply(theta, z)
@@ -918,10 +933,7 @@ def test_semi_supervised_viwae_weights_see_the_label_term_written_out():
   log_p_y = jnp.take_along_axis(jax.nn.log_softmax(label_logits), labels[:, None, None],
                                 -1)[..., 0]
   label_term = jnp.concatenate([jnp.zeros((6, 4)), zeta * log_p_y[6:]])
-  jacobians = jnp.stack([jax.jacfwd(lambda n: encoder.apply(eta, x[b], n))(xi[j])
-                         for b in range(8) for j in range(4)]).reshape(8, 4, *xi.shape[1:] * 2)
-  log_q = (jnp.sum(scipy.stats.norm.logpdf(xi), -1)[None]
-           - jnp.linalg.slogdet(jacobians)[1])
+  log_q = written_out_log_q(encoder, eta, x, xi)
   weights = jax.nn.softmax(log_joint + label_term - log_q, axis=1)
   assert float(jnp.max(jnp.abs(weights[6:] - jax.nn.softmax(log_joint - log_q, 1)[6:]))) > 1e-3
   np.testing.assert_allclose(metrics["effective_sample_size"],
@@ -943,24 +955,9 @@ def test_semi_supervised_step_equals_the_algorithm_written_out(importance_weight
   section = config.stein_vae
   section.update(num_particles=4, decoder_grad_particles=grad_particles, svgd_step_size=0.05,
                  learning_rate=1e2, adam_eps=1e4, importance_weighted=importance_weighted)
-  data = registry.load("digits")
-  spec = DataSpec(shape=data.shape, kind=data.kind, num_train=data.num_examples["train"],
-                  num_classes=10)
-  method = stein_vae.make_method(config, spec)
-  batch = {"x": data.splits["train"][:6], "x_labeled": data.splits["train"][6:8],
-           "label_labeled": data.labels["train"][6:8]}
-  state = method.init(jax.random.PRNGKey(0), batch)
-  key = jax.random.PRNGKey(1)
-  new_state, metrics = jax.jit(method.train_step)(state, batch, key)
-
+  spec, batch, state, new_state, metrics, x, xi = semi_digits_step(config)
   encoder, decoder = stein_vae.make_nets(section, spec)
   label_decoder = stein_vae.semi_supervised.LabelDecoder(10)
-  binarize_key, noise_key = jax.random.split(key)
-  x = jnp.concatenate([
-      transforms.dynamic_binarize(binarize_key, batch["x"].reshape(6, -1)),
-      transforms.dynamic_binarize(jax.random.fold_in(binarize_key, 1),
-                                  batch["x_labeled"].reshape(2, -1))])
-  xi = jax.random.normal(noise_key, (4, section.latent_dim))
   eta, theta = state.params["encoder"], state.params["decoder"]
   theta_tilde = state.params["label_decoder"]
   zeta = x.shape[1] / (10 * 2 / 8)  # N_X / (C rho), rho = 2 labeled of 8
@@ -981,10 +978,7 @@ def test_semi_supervised_step_equals_the_algorithm_written_out(importance_weight
   target = lambda c: log_joint(theta, c) + label_term(theta_tilde, c)  # (4.54)
   scores = jax.grad(lambda c: jnp.sum(target(c)))(z)
   if importance_weighted:  # (4.40) with the tempered joint, q by the change of variables
-    jacobians = jax.vmap(lambda x_n: jax.vmap(lambda xi_j: jax.jacfwd(
-        lambda n: encoder.apply(eta, x_n, n))(xi_j))(xi))(x)
-    log_q = (jnp.sum(-0.5 * xi**2 - 0.5 * np.log(2 * np.pi), -1)[None]
-             - jnp.linalg.slogdet(jacobians)[1])
+    log_q = written_out_log_q(encoder, eta, x, xi)
     weights = jax.nn.softmax(target(z) - log_q, axis=1)
   else:
     weights = jnp.full((8, 4), 0.25)
